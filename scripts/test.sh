@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian/Ubuntu machine with a Rust toolchain:
+# installs the system packages the tests need, then runs formatting, lints, docs and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s ==\n' "$*"; }
+
+# --- System packages -------------------------------------------------------------------------
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+if ! command -v cargo-nextest >/dev/null; then
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+# --- Static checks ---------------------------------------------------------------------------
+log "cargo fmt"
+cargo fmt --all -- --check
+
+log "one arrow in the tree"
+if cargo tree -d --workspace -e normal 2>/dev/null | grep -E '^arrow(-[a-z]+)? v' ; then
+  echo "two versions of the arrow family are in the dependency tree" >&2
+  exit 1
+fi
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+# --- Tests -----------------------------------------------------------------------------------
+log "tests"
+cargo nextest run --workspace --locked --no-fail-fast
+log "doctests"
+cargo test --workspace --doc --locked
