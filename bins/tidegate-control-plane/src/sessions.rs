@@ -1,0 +1,262 @@
+//! Gateway sessions: one task per connected gateway, holding its sealed link.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tidegate_channel::ChannelBinding;
+use tidegate_link::{Admission, ControlPlaneHandshake, LinkConfig, TransportError};
+use tidegate_metadata::{GatewayState, TableRun, TaskState};
+use tidegate_proto::{
+    Command, CommandId, CommandResult, Goodbye, Heartbeat, Message, Refusal, RefusalReason,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Shared;
+
+/// A command on its way to a gateway, with where to deliver the answer.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) command: Command,
+    pub(crate) reply: oneshot::Sender<CommandResult>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    connection: u64,
+    commands: mpsc::Sender<Outbound>,
+}
+
+/// The connected gateways.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    next_connection: AtomicU64,
+    handles: Mutex<HashMap<String, Handle>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
+        // Every critical section is a single map operation: a poisoned lock holds a consistent
+        // map, so it is used as is.
+        self.handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends a command to a connected gateway and waits for its result.
+    pub(crate) async fn command(
+        &self,
+        gateway_id: &str,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, String> {
+        let sender = self
+            .lock()
+            .get(gateway_id)
+            .map(|h| h.commands.clone())
+            .ok_or_else(|| "gateway is offline".to_owned())?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Outbound { command, reply })
+            .await
+            .map_err(|_| "gateway disconnected".to_owned())?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err("gateway disconnected before answering".into()),
+            Err(_) => Err(format!(
+                "gateway did not answer within {} s",
+                timeout.as_secs()
+            )),
+        }
+    }
+}
+
+/// Adapts axum's WebSocket to the link's transport: binary messages only.
+fn transport(ws: WebSocket) -> impl tidegate_link::Transport {
+    ws.filter_map(|m| {
+        futures::future::ready(match m {
+            Ok(WsMessage::Binary(b)) => Some(Ok(b)),
+            Ok(WsMessage::Text(_)) => Some(Err(TransportError(
+                "text WebSocket message on a binary link".into(),
+            ))),
+            Ok(WsMessage::Close(_)) => None,
+            Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => None,
+            Err(e) => Some(Err(TransportError(e.to_string()))),
+        })
+    })
+    .sink_map_err(|e| TransportError(e.to_string()))
+    .with(|b: Bytes| futures::future::ready(Ok::<_, TransportError>(WsMessage::Binary(b))))
+}
+
+/// Runs one gateway's session until the link fails or the control plane stops.
+pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, binding: [u8; 32]) {
+    let binding = ChannelBinding::new(binding);
+    let handshake = ControlPlaneHandshake::new(LinkConfig::default());
+    let interval = shared.config.heartbeat_interval;
+    let admit = |hello: &tidegate_proto::Hello, version| {
+        let software = hello.software.clone();
+        let gateway = shared.store.gateway(&gateway_id);
+        match (version, gateway) {
+            (None, _) => {
+                let reason = format!(
+                    "protocol versions {}..={} are no longer supported; upgrade the gateway",
+                    hello.min_version.0, hello.max_version.0
+                );
+                let _ = shared.store.update_gateway(&gateway_id, |g| {
+                    g.state = GatewayState::Deactivated { reason };
+                    g.software = Some(software);
+                    Ok(())
+                });
+                Admission::Refuse(Refusal {
+                    reason: RefusalReason::Deactivated,
+                    message: String::new(),
+                })
+            }
+            (Some(_), Ok(g)) if matches!(g.state, GatewayState::Active) => Admission::Admit {
+                heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+            },
+            (Some(_), _) => Admission::Refuse(Refusal {
+                reason: RefusalReason::Deactivated,
+                message: "gateway is not active on this control plane".into(),
+            }),
+        }
+    };
+    let (link, hello, version) = match handshake.run(transport(ws), &binding, admit).await {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::warn!(message = "gateway handshake failed", gateway = %gateway_id, %error);
+            return;
+        }
+    };
+    let connection = shared
+        .sessions
+        .next_connection
+        .fetch_add(1, Ordering::Relaxed);
+    let (commands_tx, mut commands) = mpsc::channel::<Outbound>(64);
+    // A new connection from the same gateway supersedes the old one: the old session's
+    // command channel closes and it ends at its next turn.
+    shared.sessions.lock().insert(
+        gateway_id.clone(),
+        Handle {
+            connection,
+            commands: commands_tx,
+        },
+    );
+    let _ = shared.store.update_gateway(&gateway_id, |g| {
+        g.online = true;
+        g.last_seen_s = Some(tidegate_auth::now_s());
+        g.software = Some(hello.software.clone());
+        Ok(())
+    });
+    tracing::info!(message = "gateway online", gateway = %gateway_id, version = version.0);
+
+    let (mut tx, mut rx) = link.split();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut last_heard = Instant::now();
+    let mut heartbeat_id = 0u64;
+    let mut next_command = 0u64;
+    let mut pending: HashMap<u64, oneshot::Sender<CommandResult>> = HashMap::new();
+    let reason = loop {
+        tokio::select! {
+            received = rx.recv() => {
+                let message = match received {
+                    Ok(m) => m,
+                    Err(error) => break format!("link ended: {error}"),
+                };
+                last_heard = Instant::now();
+                match message {
+                    Message::Heartbeat(h) => {
+                        if let Err(error) = tx.send(&Message::HeartbeatAck(h)).await {
+                            break format!("link ended: {error}");
+                        }
+                    }
+                    Message::HeartbeatAck(_) => {}
+                    Message::CommandResult(result) => {
+                        if let Some(reply) = pending.remove(&result.id.0) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Message::TaskStatus(status) => apply_status(&shared, status),
+                    Message::Progress(progress) => apply_progress(&shared, progress),
+                    Message::Metrics(_) => {}
+                    Message::Error(report) => {
+                        tracing::warn!(message = "gateway reported an error", gateway = %gateway_id, code = ?report.code, error = %report.message);
+                    }
+                    Message::Goodbye(g) => break format!("gateway said goodbye: {}", g.reason),
+                    other => break format!("protocol violation: unexpected {} from gateway", other.kind()),
+                }
+            }
+            outbound = commands.recv() => {
+                let Some(Outbound { command, reply }) = outbound else {
+                    break "superseded by a newer connection".to_owned();
+                };
+                next_command += 1;
+                pending.insert(next_command, reply);
+                let message = Message::Command { id: CommandId(next_command), command };
+                if let Err(error) = tx.send(&message).await {
+                    break format!("link ended: {error}");
+                }
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > interval * 3 {
+                    break "no heartbeat within three intervals".to_owned();
+                }
+                heartbeat_id += 1;
+                if let Err(error) = tx.send(&Message::Heartbeat(Heartbeat { id: heartbeat_id })).await {
+                    break format!("link ended: {error}");
+                }
+                let _ = shared.store.update_gateway(&gateway_id, |g| {
+                    g.last_seen_s = Some(tidegate_auth::now_s());
+                    Ok(())
+                });
+            }
+            () = shared.shutdown.cancelled() => {
+                let _ = tx.send(&Message::Goodbye(Goodbye { reason: "control plane shutting down".into() })).await;
+                break "control plane shutting down".to_owned();
+            }
+        }
+    };
+    let _ = tx.close().await;
+    let mut handles = shared.sessions.lock();
+    if handles.get(&gateway_id).map(|h| h.connection) == Some(connection) {
+        handles.remove(&gateway_id);
+        drop(handles);
+        let _ = shared.store.update_gateway(&gateway_id, |g| {
+            g.online = false;
+            Ok(())
+        });
+    }
+    tracing::info!(message = "gateway offline", gateway = %gateway_id, %reason);
+}
+
+fn apply_status(shared: &Shared, status: tidegate_proto::TaskStatus) {
+    let _ = shared.store.update_run(&status.run_id, |run| {
+        run.state = status.state;
+        run.error = status.error.map(|e| e.message);
+    });
+}
+
+fn apply_progress(shared: &Shared, progress: tidegate_proto::ProgressReport) {
+    let _ = shared.store.update_run(&progress.run_id, |run| {
+        run.elapsed_ms = progress.elapsed_ms;
+        if run.state == TaskState::Starting {
+            run.state = TaskState::Running;
+        }
+        for t in progress.tables {
+            run.tables.insert(
+                t.table,
+                TableRun {
+                    rows: t.rows,
+                    bytes: t.bytes,
+                    rows_expected: t.rows_expected,
+                    state: t.state,
+                },
+            );
+        }
+    });
+}

@@ -1,0 +1,239 @@
+//! The crate's one error type.
+//!
+//! Every variant names the object that failed (a table, a column, an object path, a database
+//! file) and never carries a row value or a secret: errors end up in logs and on the control
+//! plane, which must not see row data.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while discovering, reading, writing or copying tables.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The SQLite database file could not be opened.
+    #[error("cannot open SQLite database {path}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Listing the tables or columns of a source failed.
+    #[error("cannot discover tables")]
+    Discover {
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Reading rows of a table failed in the driver.
+    #[error("cannot read table {table}")]
+    Read {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A column's declared type has no Arrow mapping.
+    #[error("table {table}: column {column} has unsupported declared type {declared:?}")]
+    UnsupportedType {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The column name.
+        column: String,
+        /// The declared type as written in the schema (metadata, not data).
+        declared: String,
+    },
+
+    /// A value's storage class does not match its column's declared type (for example text in
+    /// an `INTEGER` column).
+    #[error("table {table}: column {column} declared as {expected} holds a {found} value")]
+    TypeMismatch {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The column name.
+        column: String,
+        /// The Arrow type the column maps to.
+        expected: String,
+        /// The storage class found (`INTEGER`, `REAL`, `TEXT`, `BLOB`).
+        found: String,
+    },
+
+    /// A value has the right storage class but cannot be represented in the column's Arrow type
+    /// (a decimal with too many digits, a malformed timestamp, a boolean other than 0 or 1).
+    #[error("table {table}: column {column} holds a value that is not a valid {expected}")]
+    InvalidValue {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The column name.
+        column: String,
+        /// What the value should have been, e.g. `Decimal128(12, 2)`.
+        expected: String,
+    },
+
+    /// A record batch handed to a sink does not match the table's schema.
+    #[error("table {table}: record batch schema does not match the table schema")]
+    SchemaMismatch {
+        /// The table, as `schema.name`.
+        table: String,
+    },
+
+    /// A schema, table or run id cannot be used as an object path segment.
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        /// Which kind of name (`schema`, `table`, `run id`).
+        what: &'static str,
+        /// The offending name.
+        name: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+
+    /// A table filter names a table the source does not have.
+    #[error("unknown table {name:?} in the table filter")]
+    UnknownTable {
+        /// The name as given in the filter.
+        name: String,
+    },
+
+    /// A copy plan or sink configuration is unusable.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// Building an Arrow array or record batch failed.
+    #[error("table {table}: cannot build record batch")]
+    Arrow {
+        /// The table, as `schema.name`.
+        table: String,
+        /// Arrow's error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
+    /// Encoding or uploading a Parquet file failed.
+    #[error("cannot write Parquet object {path}")]
+    Parquet {
+        /// The object path.
+        path: String,
+        /// Parquet's error (which wraps the object store's for uploads).
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    /// An object store operation failed.
+    #[error("object store operation on {path} failed")]
+    ObjectStore {
+        /// The object path.
+        path: String,
+        /// The object store's error.
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// The manifest could not be serialised.
+    #[error("cannot serialise manifest {path}")]
+    Manifest {
+        /// The manifest's object path.
+        path: String,
+        /// The serialiser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// Generating the sample database failed.
+    #[error("cannot generate sample database {path}")]
+    Sample {
+        /// The database file.
+        path: PathBuf,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The sample database file already exists; it is never overwritten.
+    #[error("sample database {path} already exists")]
+    SampleExists {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// A table's copy task panicked or was aborted.
+    #[error("copy task for table {table} failed")]
+    Task {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The runtime's error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
+    /// The operation was cancelled through its cancellation token.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed (transient I/O, timeouts, busy
+    /// databases). Schema and data errors are never retryable: the same rows fail again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Open { source, .. }
+            | Error::Discover { source }
+            | Error::Read { source, .. }
+            | Error::Sample { source, .. } => sqlx_retryable(source),
+            Error::ObjectStore { source, .. } => object_store_retryable(source),
+            Error::Parquet { source, .. } => match source {
+                parquet::errors::ParquetError::External(inner) => inner
+                    .downcast_ref::<object_store::Error>()
+                    .is_some_and(object_store_retryable),
+                _ => false,
+            },
+            Error::UnsupportedType { .. }
+            | Error::TypeMismatch { .. }
+            | Error::InvalidValue { .. }
+            | Error::SchemaMismatch { .. }
+            | Error::InvalidName { .. }
+            | Error::UnknownTable { .. }
+            | Error::InvalidConfig { .. }
+            | Error::Arrow { .. }
+            | Error::Manifest { .. }
+            | Error::SampleExists { .. }
+            | Error::Task { .. }
+            | Error::Cancelled => false,
+        }
+    }
+}
+
+fn sqlx_retryable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6): another connection holds a lock.
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("5" | "6")),
+        _ => false,
+    }
+}
+
+fn object_store_retryable(error: &object_store::Error) -> bool {
+    !matches!(
+        error,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::UnknownConfigurationKey { .. }
+    )
+}
