@@ -133,12 +133,11 @@ pub(crate) async fn tcp(endpoint: &Endpoint, proxy: Option<&str>) -> Result<TcpS
 /// Dials the control plane and completes everything up to an established sealed link.
 pub(crate) async fn dial(
     endpoint: &Endpoint,
-    proxy: Option<&str>,
+    config: &crate::GatewayConfig,
     tls: Arc<ClientConfig>,
     identity: &Identity,
-    token_lifetime_s: u64,
-) -> Result<(Link<impl Transport>, Welcome), Error> {
-    let tcp = tcp(endpoint, proxy).await?;
+) -> Result<(Link<impl Transport + use<>>, Welcome), Error> {
+    let tcp = tcp(endpoint, config.proxy.as_deref()).await?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(endpoint.host.clone())
         .map_err(|e| Error::Config(format!("control plane host name: {e}")))?;
@@ -160,7 +159,7 @@ pub(crate) async fn dial(
             &identity.audience,
             &auth_binding,
             tidegate_auth::now_s(),
-            token_lifetime_s,
+            config.token_lifetime.as_secs(),
         )
         .map_err(|e| Error::Auth(e.to_string()))?;
 
@@ -215,8 +214,12 @@ pub(crate) async fn dial(
         })
         .sink_map_err(|e| TransportError(e.to_string()))
         .with(|b: Bytes| futures::future::ready(Ok::<_, TransportError>(WsMessage::Binary(b))));
+    let link_config = LinkConfig {
+        versions: config.protocol_versions.clone(),
+        ..LinkConfig::default()
+    };
     let handshake = GatewayHandshake::new(
-        LinkConfig::default(),
+        link_config,
         format!("tidegate-gateway {}", env!("CARGO_PKG_VERSION")),
     );
     let binding = ChannelBinding::new(channel_binding);

@@ -88,6 +88,8 @@ pub struct GatewayConfig {
     pub backoff_max: Duration,
     /// Lifetime of each connection's JWT (at most 300 s).
     pub token_lifetime: Duration,
+    /// The protocol versions offered; by default all this build speaks.
+    pub protocol_versions: std::ops::RangeInclusive<tidegate_proto::ProtocolVersion>,
 }
 
 impl GatewayConfig {
@@ -104,6 +106,7 @@ impl GatewayConfig {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             token_lifetime: Duration::from_secs(tidegate_auth::DEFAULT_TOKEN_LIFETIME_S),
+            protocol_versions: tidegate_proto::SUPPORTED_VERSIONS,
         }
     }
 }
@@ -162,6 +165,24 @@ pub async fn enroll(config: &GatewayConfig, token: &str) -> Result<Identity, Err
     };
     identity.save(&config.state_dir)?;
     Ok(identity)
+}
+
+/// Dials the control plane once and completes TCP, TLS, JWT authentication, the WebSocket
+/// upgrade and the channel-key handshake, returning the established sealed link. The gateway
+/// runtime does this on every (re)connection; it is public for benchmarks and diagnostics.
+pub async fn dial_once(
+    config: &GatewayConfig,
+    identity: &Identity,
+) -> Result<
+    (
+        tidegate_link::Link<impl tidegate_link::Transport + use<>>,
+        tidegate_proto::Welcome,
+    ),
+    Error,
+> {
+    let endpoint = Endpoint::parse(&config.control_plane)?;
+    let tls = config.tls.client_config()?;
+    connect::dial(&endpoint, config, tls, identity).await
 }
 
 /// The gateway's connection to its control plane, as seen from the gateway.
@@ -269,13 +290,7 @@ impl Worker {
             }
             self.state.send_replace(LinkState::Connecting);
             let dialled = tokio::select! {
-                d = connect::dial(
-                    &self.endpoint,
-                    self.config.proxy.as_deref(),
-                    self.tls.clone(),
-                    &self.identity,
-                    self.config.token_lifetime.as_secs(),
-                ) => d,
+                d = connect::dial(&self.endpoint, &self.config, self.tls.clone(), &self.identity) => d,
                 () = self.shutdown.cancelled() => break,
             };
             let reason = match dialled {
