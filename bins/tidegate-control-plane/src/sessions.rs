@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use tidegate_channel::ChannelBinding;
 use tidegate_link::{Admission, ControlPlaneHandshake, LinkConfig, TransportError};
 use tidegate_metadata::{GatewayState, TableRun, TaskState};
@@ -77,19 +76,16 @@ impl Sessions {
 
 /// Adapts axum's WebSocket to the link's transport: binary messages only.
 fn transport(ws: WebSocket) -> impl tidegate_link::Transport {
-    ws.filter_map(|m| {
-        futures::future::ready(match m {
-            Ok(WsMessage::Binary(b)) => Some(Ok(b)),
-            Ok(WsMessage::Text(_)) => Some(Err(TransportError(
+    fn decode(m: WsMessage) -> Option<Result<Bytes, TransportError>> {
+        match m {
+            WsMessage::Binary(b) => Some(Ok(b)),
+            WsMessage::Text(_) => Some(Err(TransportError(
                 "text WebSocket message on a binary link".into(),
             ))),
-            Ok(WsMessage::Close(_)) => None,
-            Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => None,
-            Err(e) => Some(Err(TransportError(e.to_string()))),
-        })
-    })
-    .sink_map_err(|e| TransportError(e.to_string()))
-    .with(|b: Bytes| futures::future::ready(Ok::<_, TransportError>(WsMessage::Binary(b))))
+            WsMessage::Close(_) | WsMessage::Ping(_) | WsMessage::Pong(_) => None,
+        }
+    }
+    tidegate_link::Adapter::new(ws, decode, WsMessage::Binary)
 }
 
 /// Runs one gateway's session until the link fails or the control plane stops.

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use http::Uri;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -200,20 +199,18 @@ pub(crate) async fn dial(
                 other => Error::Connect(other.to_string()),
             })?;
 
-    let transport = ws
-        .filter_map(|m| {
-            futures::future::ready(match m {
-                Ok(WsMessage::Binary(b)) => Some(Ok(b)),
-                Ok(WsMessage::Text(_)) => Some(Err(TransportError(
-                    "text WebSocket message on a binary link".into(),
-                ))),
-                Ok(WsMessage::Close(_) | WsMessage::Ping(_) | WsMessage::Pong(_)) => None,
-                Ok(WsMessage::Frame(_)) => None,
-                Err(e) => Some(Err(TransportError(e.to_string()))),
-            })
-        })
-        .sink_map_err(|e| TransportError(e.to_string()))
-        .with(|b: Bytes| futures::future::ready(Ok::<_, TransportError>(WsMessage::Binary(b))));
+    fn decode(m: WsMessage) -> Option<Result<Bytes, TransportError>> {
+        match m {
+            WsMessage::Binary(b) => Some(Ok(b)),
+            WsMessage::Text(_) => Some(Err(TransportError(
+                "text WebSocket message on a binary link".into(),
+            ))),
+            WsMessage::Close(_) | WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {
+                None
+            }
+        }
+    }
+    let transport = tidegate_link::Adapter::new(ws, decode, WsMessage::Binary);
     let link_config = LinkConfig {
         versions: config.protocol_versions.clone(),
         ..LinkConfig::default()

@@ -56,6 +56,108 @@ impl<T> Transport for T where
 {
 }
 
+/// Adapts a stream-and-sink of message type `M` (a WebSocket) into a [`Transport`]:
+/// `decode` turns a received message into bytes, an error, or nothing (control messages such
+/// as ping and close are skipped); `encode` wraps bytes to send. Every transport error is
+/// reported, however often the inner stream or sink fails.
+pub struct Adapter<S, M> {
+    inner: S,
+    decode: fn(M) -> Option<Result<Bytes, TransportError>>,
+    encode: fn(Bytes) -> M,
+}
+
+impl<S, M> std::fmt::Debug for Adapter<S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter").finish_non_exhaustive()
+    }
+}
+
+impl<S, M> Adapter<S, M> {
+    /// Wraps `inner`.
+    pub fn new(
+        inner: S,
+        decode: fn(M) -> Option<Result<Bytes, TransportError>>,
+        encode: fn(Bytes) -> M,
+    ) -> Self {
+        Self {
+            inner,
+            decode,
+            encode,
+        }
+    }
+}
+
+impl<S, M, E> Stream for Adapter<S, M>
+where
+    S: Stream<Item = Result<M, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    type Item = Result<Bytes, TransportError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(TransportError(e.to_string()))));
+                }
+                Poll::Ready(Some(Ok(m))) => {
+                    if let Some(item) = (self.decode)(m) {
+                        return Poll::Ready(Some(item));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, M, E> Sink<Bytes> for Adapter<S, M>
+where
+    S: Sink<M, Error = E> + Unpin,
+    E: std::fmt::Display,
+{
+    type Error = TransportError;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), TransportError>> {
+        self.inner
+            .poll_ready_unpin(cx)
+            .map_err(|e| TransportError(e.to_string()))
+    }
+
+    fn start_send(mut self: std::pin::Pin<&mut Self>, item: Bytes) -> Result<(), TransportError> {
+        let message = (self.encode)(item);
+        self.inner
+            .start_send_unpin(message)
+            .map_err(|e| TransportError(e.to_string()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), TransportError>> {
+        self.inner
+            .poll_flush_unpin(cx)
+            .map_err(|e| TransportError(e.to_string()))
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), TransportError>> {
+        self.inner
+            .poll_close_unpin(cx)
+            .map_err(|e| TransportError(e.to_string()))
+    }
+}
+
 /// Why the link failed. Every variant ends the connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
