@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s ==\n' "$*"; }
 
 # --- System packages -------------------------------------------------------------------------
+# aws-lc-rs builds its C code with a C compiler; nothing else is needed yet.
 need=()
-command -v openssl >/dev/null || need+=(openssl)
-command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v cc >/dev/null || need+=(build-essential)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
