@@ -488,3 +488,107 @@ fn scan_for(dir: &Path, needle: &[u8], since: std::time::SystemTime, depth: u32)
         }
     }
 }
+
+/// A minimal HTTP CONNECT proxy on loopback (the real protocol, just no caching or policy):
+/// tunnels to loopback targets only and counts the tunnels it opened.
+async fn connect_proxy() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = tunnels.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    head.push(client.read_u8().await.unwrap());
+                }
+                let head = String::from_utf8(head).unwrap();
+                let target = head
+                    .strip_prefix("CONNECT ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap()
+                    .to_owned();
+                let port: u16 = target.rsplit(':').next().unwrap().parse().unwrap();
+                let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, tunnels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_and_link_go_through_an_http_connect_proxy() {
+    let h = Harness::start().await;
+    let (proxy, tunnels) = connect_proxy().await;
+    let (id, token) = h.create_gateway().await;
+    let mut config = h.config("a");
+    config.proxy = Some(format!("http://{proxy}"));
+    let identity = tidegate::gateway::enroll(&config, &token).await.unwrap();
+    let after_enroll = tunnels.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after_enroll >= 1, "enrollment bypassed the proxy");
+    let gateway = Gateway::start(config, identity).unwrap();
+    gateway
+        .state()
+        .wait_for(|s| *s == LinkState::Online)
+        .await
+        .unwrap();
+    assert!(tunnels.load(std::sync::atomic::Ordering::SeqCst) > after_enroll);
+    wait_for(|| h.gateway(&id).online).await;
+    // Metrics reach the control plane as counts only.
+    wait_for(|| h.gateway(&id).metrics.is_some()).await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_instead_of_a_hello_closes_the_link() {
+    use futures::{SinkExt, StreamExt};
+    let h = Harness::start().await;
+    let (id, _config, identity) = h.enrolled("a").await;
+    let (tls, binding) = raw_tls(&h).await;
+    let token = identity
+        .key
+        .mint_token(&id, "cp-test", &binding, tidegate::auth::now_s(), 60)
+        .unwrap();
+    let mut request = format!(
+        "wss://localhost:{}/v1/gateway/connect",
+        h.cp.local_addr().port()
+    )
+    .into_client_request()
+    .unwrap();
+    request.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    // A length prefix far above the maximum, then junk.
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![
+        0xff, 0xff, 0xff, 0xff, 1, 2, 3,
+    ]))
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("control plane kept the connection open");
+    assert!(
+        matches!(
+            next,
+            None | Some(Err(_)) | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))
+        ),
+        "unexpected answer: {next:?}"
+    );
+    assert!(!h.gateway(&id).online);
+}

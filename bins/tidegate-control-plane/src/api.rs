@@ -205,6 +205,7 @@ async fn create_gateway(
         online: false,
         last_seen_s: None,
         software: None,
+        metrics: None,
         enrollment_digest: Some(token.digest()),
         enrollment_expires_s: Some(expires),
     };

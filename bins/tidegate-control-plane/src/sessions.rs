@@ -179,7 +179,12 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
                     }
                     Message::TaskStatus(status) => apply_status(&shared, status),
                     Message::Progress(progress) => apply_progress(&shared, progress),
-                    Message::Metrics(_) => {}
+                    Message::Metrics(metrics) => {
+                        let _ = shared.store.update_gateway(&gateway_id, |g| {
+                            g.metrics = Some(metrics);
+                            Ok(())
+                        });
+                    }
                     Message::Error(report) => {
                         tracing::warn!(message = "gateway reported an error", gateway = %gateway_id, code = ?report.code, error = %report.message);
                     }

@@ -229,6 +229,8 @@ impl Gateway {
             state: state_tx,
             shutdown: shutdown.clone(),
             tasks: HashMap::new(),
+            totals: Arc::new(Totals::default()),
+            started: Instant::now(),
         };
         let task = tokio::spawn(worker.run());
         Ok(RunningGateway {
@@ -276,9 +278,31 @@ struct Worker {
     state: watch::Sender<LinkState>,
     shutdown: CancellationToken,
     tasks: HashMap<String, RunningTask>,
+    totals: Arc<Totals>,
+    started: Instant,
 }
 
+/// Rows and bytes moved since the gateway started, for metrics reports.
+#[derive(Debug, Default)]
+struct Totals {
+    rows: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Metrics are sent every this many heartbeat ticks.
+const METRICS_EVERY_TICKS: u64 = 6;
+
 impl Worker {
+    fn metrics(&self) -> Message {
+        use std::sync::atomic::Ordering::Relaxed;
+        Message::Metrics(tidegate_proto::MetricsReport {
+            uptime_s: self.started.elapsed().as_secs(),
+            running_tasks: u32::try_from(self.tasks.len()).unwrap_or(u32::MAX),
+            rows_total: self.totals.rows.load(Relaxed),
+            bytes_total: self.totals.bytes.load(Relaxed),
+        })
+    }
+
     async fn run(mut self) {
         // Messages from running tasks to the control plane. Owned here, not by a session, so
         // a task's final status survives a reconnect.
@@ -407,6 +431,11 @@ impl Worker {
                     if let Err(error) = tx.send(&Message::Heartbeat(Heartbeat { id: heartbeat_id })).await {
                         break format!("link ended: {error}");
                     }
+                    if heartbeat_id % METRICS_EVERY_TICKS == 1
+                        && let Err(error) = tx.send(&self.metrics()).await
+                    {
+                        break format!("link ended: {error}");
+                    }
                 }
                 () = self.shutdown.cancelled() => {
                     let _ = tx.send(&Message::Goodbye(Goodbye { reason: "gateway shutting down".into() })).await;
@@ -504,8 +533,17 @@ impl Worker {
         let task_id = spec.task_id.clone();
         let run_id = spec.run_id.clone();
         tracing::info!(message = "starting task", task = %task_id, run = %run_id);
-        let handle =
-            tokio::spawn(runner::run_full_load(spec, events.clone(), cancel.clone()).map_unit());
+        let totals = self.totals.clone();
+        let run = runner::run_full_load(spec, events.clone(), cancel.clone());
+        let handle = tokio::spawn(async move {
+            let (_, rows, bytes) = run.await;
+            totals
+                .rows
+                .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+            totals
+                .bytes
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        });
         self.tasks.insert(
             task_id,
             RunningTask {
@@ -528,16 +566,6 @@ fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
     let fraction = (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
     cap.mul_f64(fraction).max(Duration::from_millis(10))
 }
-
-trait MapUnit: std::future::Future + Sized {
-    fn map_unit(self) -> impl std::future::Future<Output = ()> {
-        async move {
-            self.await;
-        }
-    }
-}
-
-impl<F: std::future::Future> MapUnit for F {}
 
 #[cfg(test)]
 mod tests {

@@ -73,6 +73,8 @@ pub struct Gateway {
     pub last_seen_s: Option<u64>,
     /// Its software version, as it announced.
     pub software: Option<String>,
+    /// The last metrics it reported.
+    pub metrics: Option<tidegate_proto::MetricsReport>,
     /// SHA-256 of its unused enrollment token; cleared when used.
     #[serde(skip)]
     pub enrollment_digest: Option<[u8; 32]>,
