@@ -39,6 +39,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 # --- Tests -----------------------------------------------------------------------------------
 log "tests"
+# tests/binaries.rs runs the real binaries: build them first.
+cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --no-fail-fast
 log "doctests"
 cargo test --workspace --doc --locked
