@@ -11,92 +11,15 @@ use std::time::Duration;
 
 use serde_json::json;
 use tidegate::auth::IdentityKey;
-use tidegate::control_plane::{ControlPlane, ControlPlaneConfig, RunningControlPlane};
 use tidegate::dev_tls::ThrowawayCa;
-use tidegate::gateway::{ClientTls, Error, Gateway, GatewayConfig, Identity, LinkState};
+use tidegate::gateway::{Error, Gateway, Identity, LinkState};
 use tidegate::metadata::GatewayState;
-use tidegate::proto::{ProtocolVersion, RefusalReason, SecretString};
-use tidegate::quickstart::Api;
+use tidegate::proto::{ProtocolVersion, RefusalReason};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
+mod common;
 
-struct Harness {
-    ca: ThrowawayCa,
-    cp: RunningControlPlane,
-    api: Api,
-    dir: tempfile::TempDir,
-}
-
-impl Harness {
-    async fn start() -> Self {
-        tidegate::install_crypto_provider();
-        let ca = ThrowawayCa::new(&["localhost", "127.0.0.1"]).unwrap();
-        let mut config = ControlPlaneConfig::new(ca.server_tls());
-        config.listen = ([127, 0, 0, 1], 0).into();
-        config.id = "cp-test".into();
-        config.operator_tokens = vec![SecretString::new(OPERATOR)];
-        config.heartbeat_interval = Duration::from_millis(300);
-        let cp = ControlPlane::start(config).await.unwrap();
-        let api = Api::new(&ca.ca_pem, cp.local_addr().port(), OPERATOR).unwrap();
-        Self {
-            ca,
-            cp,
-            api,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// Creates a gateway on the control plane: its id and one-time enrollment token.
-    async fn create_gateway(&self) -> (String, String) {
-        let v = self
-            .api
-            .post("/api/v1/gateways", json!({"name": "gw"}))
-            .await
-            .unwrap();
-        (
-            v["id"].as_str().unwrap().to_owned(),
-            v["enrollment_token"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    fn config(&self, state: &str) -> GatewayConfig {
-        let mut c = GatewayConfig::new(
-            format!("wss://localhost:{}", self.cp.local_addr().port()),
-            self.dir.path().join(state),
-        );
-        c.tls = ClientTls {
-            system_roots: false,
-            ca_bundle_pem: Some(self.ca.ca_pem.clone()),
-            pinned_sha256: Vec::new(),
-        };
-        c.backoff_initial = Duration::from_millis(50);
-        c.backoff_max = Duration::from_millis(200);
-        c
-    }
-
-    async fn enrolled(&self, state: &str) -> (String, GatewayConfig, Identity) {
-        let (id, token) = self.create_gateway().await;
-        let config = self.config(state);
-        let identity = tidegate::gateway::enroll(&config, &token).await.unwrap();
-        assert_eq!(identity.gateway_id, id);
-        (id, config, identity)
-    }
-
-    fn gateway(&self, id: &str) -> tidegate::metadata::Gateway {
-        self.cp.store().gateway(id).unwrap()
-    }
-}
-
-async fn wait_for(mut f: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not reached within 5 s");
-}
+use common::{Harness, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolled_gateway_goes_online_and_offline() {

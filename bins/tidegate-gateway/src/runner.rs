@@ -1,7 +1,7 @@
 //! Running commands: connections are opened from their specs, full loads run through
 //! `tidegate-replicate`, and only metadata (states, counts, errors) goes back to the link.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,18 @@ pub(crate) fn report(code: ErrorCode, message: impl Into<String>, retryable: boo
     }
 }
 
+/// Reports a replication error under the side that failed: writing Parquet or objects is the
+/// target's fault, everything else (opening, discovering, reading, decoding) the source's.
 fn source_error(e: &tidegate_replicate::Error) -> ErrorReport {
-    report(ErrorCode::Source, e.to_string(), e.is_retryable())
+    use tidegate_replicate::Error as E;
+    let code = match e {
+        E::Parquet { .. } | E::ObjectStore { .. } | E::Manifest { .. } => ErrorCode::Target,
+        E::InvalidName { .. } | E::UnknownTable { .. } | E::InvalidConfig { .. } => {
+            ErrorCode::InvalidRequest
+        }
+        _ => ErrorCode::Source,
+    };
+    report(code, e.to_string(), e.is_retryable())
 }
 
 /// Opens a source from its spec. Credentials are used here and dropped with the spec.
@@ -240,13 +250,12 @@ async fn copy(
             )
         })
         .collect();
-    let mut changed: HashMap<String, ()> = HashMap::new();
+    let mut changed: HashSet<String> = HashSet::new();
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
-    let send_report = |state: &BTreeMap<String, TableProgress>,
-                       changed: &mut HashMap<String, ()>| {
+    let send_report = |state: &BTreeMap<String, TableProgress>, changed: &mut HashSet<String>| {
         let tables: Vec<TableProgress> = changed
             .drain()
-            .filter_map(|(t, ())| state.get(&t).cloned())
+            .filter_map(|t| state.get(&t).cloned())
             .collect();
         Message::Progress(ProgressReport {
             task_id: spec.task_id.clone(),
@@ -258,15 +267,7 @@ async fn copy(
     let result = loop {
         tokio::select! {
             result = &mut copy => break result,
-            Some(event) = progress_rx.recv() => {
-                let key = event.table.to_string();
-                if let Some(p) = state.get_mut(&key) {
-                    p.rows = event.rows;
-                    p.bytes = event.bytes;
-                    p.state = if event.done { TableState::Done } else { TableState::Copying };
-                    changed.insert(key, ());
-                }
-            }
+            Some(event) = progress_rx.recv() => apply(&mut state, &mut changed, &event),
             _ = ticker.tick() => {
                 if !changed.is_empty() {
                     // Progress is advisory: drop a report rather than stall the copy.
@@ -285,7 +286,7 @@ async fn copy(
             } else {
                 TableState::Copying
             };
-            changed.insert(key, ());
+            changed.insert(key);
         }
     }
     match result {
@@ -296,7 +297,7 @@ async fn copy(
                     p.rows = t.rows;
                     p.bytes = t.bytes;
                     p.state = TableState::Done;
-                    changed.insert(key, ());
+                    changed.insert(key);
                 }
             }
             let _ = events.send(send_report(&state, &mut changed)).await;
@@ -306,7 +307,7 @@ async fn copy(
             for p in state.values_mut() {
                 if p.state != TableState::Done {
                     p.state = TableState::Failed;
-                    changed.insert(p.table.clone(), ());
+                    changed.insert(p.table.clone());
                 }
             }
             let _ = events.send(send_report(&state, &mut changed)).await;
@@ -316,6 +317,25 @@ async fn copy(
                 Err(source_error(&e))
             }
         }
+    }
+}
+
+/// Folds one progress event into the per-table state and marks the table changed.
+fn apply(
+    state: &mut BTreeMap<String, TableProgress>,
+    changed: &mut HashSet<String>,
+    event: &ProgressEvent,
+) {
+    let key = event.table.to_string();
+    if let Some(p) = state.get_mut(&key) {
+        p.rows = event.rows;
+        p.bytes = event.bytes;
+        p.state = if event.done {
+            TableState::Done
+        } else {
+            TableState::Copying
+        };
+        changed.insert(key);
     }
 }
 

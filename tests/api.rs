@@ -1,0 +1,240 @@
+//! The control plane's REST API: bad input gets a clear 4xx and changes nothing; failures of
+//! runs reach the operator as metadata.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, OPERATOR};
+use serde_json::{Value, json};
+use tidegate::gateway::{Gateway, LinkState};
+
+/// Sends a raw request and returns the status and the JSON body.
+async fn raw(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value) {
+    let ca = reqwest::Certificate::from_pem(h.ca.ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}{path}", h.cp.local_addr().port());
+    let mut request = client.request(method.parse().unwrap(), url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        request = request.header("content-type", "application/json").body(b);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let value = response.json().await.unwrap_or(Value::Null);
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let h = Harness::start().await;
+    let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(100_000));
+    let cases: Vec<(&str, &str, &str, Option<&str>, Option<String>, u16, &str)> = vec![
+        (
+            "no token",
+            "POST",
+            "/api/v1/gateways",
+            None,
+            Some(r#"{"name":"a"}"#.into()),
+            401,
+            "bearer",
+        ),
+        (
+            "wrong token",
+            "POST",
+            "/api/v1/gateways",
+            Some("nope"),
+            Some(r#"{"name":"a"}"#.into()),
+            401,
+            "unknown",
+        ),
+        (
+            "invalid JSON",
+            "POST",
+            "/api/v1/gateways",
+            Some(OPERATOR),
+            Some("{".into()),
+            400,
+            "",
+        ),
+        (
+            "unknown field",
+            "POST",
+            "/api/v1/gateways",
+            Some(OPERATOR),
+            Some(r#"{"name":"a","admin":true}"#.into()),
+            400,
+            "admin",
+        ),
+        (
+            "oversized body",
+            "POST",
+            "/api/v1/gateways",
+            Some(OPERATOR),
+            Some(big),
+            413,
+            "larger",
+        ),
+        (
+            "empty name",
+            "POST",
+            "/api/v1/gateways",
+            Some(OPERATOR),
+            Some(r#"{"name":""}"#.into()),
+            400,
+            "name",
+        ),
+        (
+            "control characters",
+            "POST",
+            "/api/v1/gateways",
+            Some(OPERATOR),
+            Some(r#"{"name":"a\u0000b"}"#.into()),
+            400,
+            "control",
+        ),
+        (
+            "unknown connection kind",
+            "POST",
+            "/api/v1/connections",
+            Some(OPERATOR),
+            Some(r#"{"name":"c","kind":"oracle"}"#.into()),
+            400,
+            "known kinds",
+        ),
+        (
+            "missing setting",
+            "POST",
+            "/api/v1/connections",
+            Some(OPERATOR),
+            Some(r#"{"name":"c","kind":"sqlite"}"#.into()),
+            400,
+            "path",
+        ),
+        (
+            "task on unknown connection",
+            "POST",
+            "/api/v1/tasks",
+            Some(OPERATOR),
+            Some(r#"{"name":"t","gateway_id":"gw_x","source_id":"a","target_id":"b"}"#.into()),
+            404,
+            "gateway gw_x",
+        ),
+        (
+            "unknown run",
+            "GET",
+            "/api/v1/runs/run_x",
+            Some(OPERATOR),
+            None,
+            404,
+            "run run_x",
+        ),
+        (
+            "bad enrollment token",
+            "POST",
+            "/api/v1/gateways/enroll",
+            None,
+            Some(r#"{"token":"tge_AAAA","public_key":"AAAA"}"#.into()),
+            401,
+            "enrollment token",
+        ),
+        (
+            "unknown route",
+            "GET",
+            "/api/v1/nothing",
+            Some(OPERATOR),
+            None,
+            404,
+            "route",
+        ),
+    ];
+    for (name, method, path, token, body, want, mention) in cases {
+        let (status, value) = raw(&h, method, path, token, body).await;
+        assert_eq!(status, want, "{name}: {value}");
+        let message = value["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            value["error"]["code"].is_string() && message.contains(mention),
+            "{name}: unclear error {value}"
+        );
+    }
+    assert!(
+        h.cp.store().gateways().is_empty(),
+        "a refused request created a gateway"
+    );
+    assert!(h.cp.store().connection_views().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_failures_reach_the_operator_as_metadata() {
+    let h = Harness::start().await;
+    let (id, config, identity) = h.enrolled("a").await;
+    let src = h
+        .api
+        .post(
+            "/api/v1/connections",
+            json!({"name": "missing", "kind": "sqlite", "settings": {"path": "/nonexistent/db.sqlite"}}),
+        )
+        .await
+        .unwrap();
+    let dst = h
+        .api
+        .post(
+            "/api/v1/connections",
+            json!({"name": "out", "kind": "local", "settings": {"root": h.dir.path().join("out").display().to_string()}}),
+        )
+        .await
+        .unwrap();
+    let task = h
+        .api
+        .post(
+            "/api/v1/tasks",
+            json!({"name": "t", "gateway_id": id, "source_id": src["id"], "target_id": dst["id"]}),
+        )
+        .await
+        .unwrap();
+    let runs = format!("/api/v1/tasks/{}/runs", task["id"].as_str().unwrap());
+
+    // The gateway is offline: the run cannot start, and says why.
+    let err = h.api.post(&runs, json!({})).await.unwrap_err().to_string();
+    assert!(err.contains("409") && err.contains("offline"), "{err}");
+
+    let gateway = Gateway::start(config, identity).unwrap();
+    gateway
+        .state()
+        .wait_for(|s| *s == LinkState::Online)
+        .await
+        .unwrap();
+    common::wait_for(|| h.gateway(&id).online).await;
+    let run = h.api.post(&runs, json!({})).await.unwrap();
+    let path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = h.api.get(&path).await.unwrap();
+        if last["state"] == json!("Failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["state"], json!("Failed"), "{last}");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.contains("nonexistent/db.sqlite"),
+        "error does not name the source: {error}"
+    );
+    gateway.shutdown().await;
+}
