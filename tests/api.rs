@@ -44,7 +44,17 @@ async fn raw(
 async fn bad_requests_get_clear_errors_and_change_nothing() {
     let h = Harness::start().await;
     let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(100_000));
-    let cases: Vec<(&str, &str, &str, Option<&str>, Option<String>, u16, &str)> = vec![
+    // (name, method, path, bearer token, body, expected status, text the message must hold)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<String>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "no token",
             "POST",
