@@ -122,6 +122,7 @@ pub async fn generate_sqlite(path: &Path, size: SampleSize) -> Result<SampleSumm
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Off)
         .synchronous(SqliteSynchronous::Off)
+        .disable_statement_logging()
         .connect()
         .await
         .map_err(failed)?;

@@ -74,10 +74,14 @@ impl SqliteSource {
     /// Cancel-safe: dropping the future opens nothing.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true)
-            .create_if_missing(false);
+        // Statement logging is off: a logged statement can quote values (and slow ones are
+        // logged at WARN by default), and Tidegate never logs row data.
+        let options = sqlx::ConnectOptions::disable_statement_logging(
+            SqliteConnectOptions::new()
+                .filename(path)
+                .read_only(true)
+                .create_if_missing(false),
+        );
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
