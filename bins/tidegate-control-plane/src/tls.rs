@@ -89,6 +89,9 @@ pub(crate) async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
+        // Small frames in both directions: Nagle's algorithm with delayed ACKs would add 40 ms
+        // stalls to handshakes and commands.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();

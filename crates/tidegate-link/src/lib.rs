@@ -464,7 +464,11 @@ pub fn seal_frame(
     seq: u64,
     message: &Message,
 ) -> Result<Vec<u8>, Error> {
-    let mut buf = vec![0u8; tidegate_channel::HEADER_LEN];
+    // Room for the sealed header, the frame and the tag: sealing appends nothing that would
+    // make the buffer grow and copy.
+    let len = codec.encoded_len(message)?;
+    let mut buf = Vec::with_capacity(tidegate_channel::OVERHEAD + len);
+    buf.extend_from_slice(&[0u8; tidegate_channel::HEADER_LEN]);
     if let Err(e) = codec.encode(seq, message, &mut buf) {
         buf.zeroize();
         return Err(e.into());
@@ -473,8 +477,10 @@ pub fn seal_frame(
     Ok(buf)
 }
 
-/// Opens a sealed frame in place, decodes it and checks its sequence number. The plaintext is
-/// wiped from `sealed` afterwards (it may hold credentials).
+/// Opens a sealed frame in place, decodes it and checks its sequence number. A plaintext that
+/// can hold credentials (a command, or anything that failed to decode) is wiped from `sealed`
+/// afterwards; status and progress frames, which never hold any, are not (the volatile wipe of
+/// a large frame would cost as much as decrypting it).
 pub fn open_frame(
     codec: &FrameCodec,
     opener: &mut Opener,
@@ -485,7 +491,12 @@ pub fn open_frame(
         .open(sealed)
         .map_err(Error::from)
         .and_then(|plain| codec.decode_exact(plain).map_err(Error::from));
-    sealed.zeroize();
+    if result
+        .as_ref()
+        .map_or(true, |frame| frame.message.may_carry_secrets())
+    {
+        sealed.zeroize();
+    }
     let frame = result?;
     expect_seq(expected_seq, frame.seq)?;
     Ok(frame.message)

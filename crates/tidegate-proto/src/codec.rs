@@ -88,6 +88,15 @@ impl FrameCodec {
     /// Appends frame `seq` carrying `message` to `dst`. A frame longer than the maximum is an
     /// error and leaves `dst` as it was.
     pub fn encode(&self, seq: u64, message: &Message, dst: &mut Vec<u8>) -> Result<(), Error> {
+        let len = self.encoded_len(message)?;
+        if len > self.max_frame_len {
+            return Err(Error::FrameTooLarge {
+                len,
+                max: self.max_frame_len,
+            });
+        }
+        // One allocation of the exact size: growing by doubling would copy large frames again.
+        dst.reserve(len);
         let start = dst.len();
         dst.extend_from_slice(&[0; 4]);
         dst.put_u8(FORMAT_VERSION);
@@ -110,6 +119,13 @@ impl FrameCodec {
         })?;
         dst[start..start + 4].copy_from_slice(&prefix.to_be_bytes());
         Ok(())
+    }
+
+    /// The length of the frame that would carry `message`, length prefix included.
+    pub fn encoded_len(&self, message: &Message) -> Result<usize, Error> {
+        postcard::experimental::serialized_size(message)
+            .map(|body| HEADER_LEN + body)
+            .map_err(|e| Error::Malformed(e.to_string()))
     }
 
     /// Decodes one frame from the front of `src`, consuming its bytes.

@@ -56,6 +56,12 @@ pub enum Message {
 }
 
 impl Message {
+    /// Whether the message can hold credentials ([`SecretMap`]s): only commands, which travel
+    /// from the control plane to the gateway. Buffers that held such a message are wiped.
+    pub fn may_carry_secrets(&self) -> bool {
+        matches!(self, Message::Command { .. })
+    }
+
     /// A short, stable name for logs: never includes the message's contents.
     pub fn kind(&self) -> &'static str {
         match self {

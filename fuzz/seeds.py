@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus under corpus/<target>/ from the documented byte layouts.
+
+Frame: u32 BE length of the rest, u8 format = 1, u64 BE sequence number, postcard body (the
+Message variant index as a varint, then its fields; integers are varints, strings are a varint
+length and UTF-8 bytes). Run from fuzz/: `python3 seeds.py`. Needs `cryptography` for the
+signed JWT seeds (skipped without it).
+"""
+
+import base64
+import hashlib
+import json
+import os
+import struct
+
+HEARTBEAT, ERROR, GOODBYE = 3, 10, 11
+ERROR_CODE_INTERNAL = 7
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def string(s):
+    b = s.encode()
+    return varint(len(b)) + b
+
+
+def frame(seq, body, fmt=1):
+    rest = bytes([fmt]) + struct.pack(">Q", seq) + body
+    return struct.pack(">I", len(rest)) + rest
+
+
+def heartbeat(seq, hb_id):
+    return frame(seq, varint(HEARTBEAT) + varint(hb_id))
+
+
+def write(target, name, data):
+    os.makedirs(f"corpus/{target}", exist_ok=True)
+    with open(f"corpus/{target}/{name}", "wb") as f:
+        f.write(data)
+
+
+# frame_decode: valid frames, two frames back to back, and broken headers.
+hb = heartbeat(1, 42)
+write("frame_decode", "heartbeat", hb)
+write("frame_decode", "goodbye", frame(7, varint(GOODBYE) + string("shutting down")))
+error_body = varint(ERROR) + varint(ERROR_CODE_INTERNAL) + string("table \"main\".\"t\"") + b"\x00"
+write("frame_decode", "error", frame(2, error_body))
+write("frame_decode", "two_frames", hb + heartbeat(2, 43))
+write("frame_decode", "truncated", hb[:-1])
+write("frame_decode", "bad_format", heartbeat(1, 42)[:4] + b"\x02" + hb[5:])
+write("frame_decode", "too_large", b"\xff\xff\xff\xff\x01")
+write("frame_decode", "unknown_variant", frame(1, varint(99)))
+
+# sealed_open: mode byte, then payload.
+write("sealed_open", "raw_sealed_shape", b"\x00" + b"\x00" * 8 + b"\x5a" * 13 + b"\x00" * 16)
+write("sealed_open", "plain_heartbeat", b"\x01" + hb)
+write("sealed_open", "plain_wrong_seq", b"\x01" + heartbeat(2, 42))
+write("sealed_open", "plain_garbage", b"\x01" + b"\x00\x00\x00\x02\x01\x00")
+write("sealed_open", "untouched", b"\x02\x00")
+write("sealed_open", "flip_counter", b"\x02\x00\x01")
+write("sealed_open", "flip_tag_end", b"\x02\x00" + b"\x00" * 30 + b"\x80")
+write("sealed_open", "truncate", b"\x02\x09")
+
+# jwt_verify: mode byte (even: the token itself; odd: a mask over a fresh valid token).
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+write("jwt_verify", "garbage", b"\x00not.a.jwt")
+write("jwt_verify", "empty", b"\x00")
+none_header = b64(b'{"alg":"none","typ":"JWT","kid":"gw-fuzz"}')
+binding_hash = b64(hashlib.sha256(b"exported keying material of the fuzz TLS session").digest())
+claims = {
+    "iss": "gw-fuzz", "sub": "gw-fuzz", "aud": "cp-fuzz",
+    "iat": 1_000_000_000, "nbf": 1_000_000_000, "exp": 1_000_000_060,
+    "jti": "seed", "cbh": binding_hash,
+}
+claims_b64 = b64(json.dumps(claims, separators=(",", ":")).encode())
+write("jwt_verify", "alg_none", f"\x00{none_header}.{claims_b64}.".encode())
+write("jwt_verify", "untouched", b"\x01")
+write("jwt_verify", "flip_claims_byte", b"\x01" + b"\x00" * 200 + b"\x01")
+try:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.from_private_bytes(b"\x42" * 32)
+    header = b64(b'{"typ":"JWT","alg":"EdDSA","kid":"gw-fuzz"}')
+    signing_input = f"{header}.{claims_b64}"
+    signature = b64(key.sign(signing_input.encode()))
+    write("jwt_verify", "signed_expired", f"\x00{signing_input}.{signature}".encode())
+    long_lived = dict(claims, exp=claims["iat"] + 3600)
+    long_b64 = b64(json.dumps(long_lived, separators=(",", ":")).encode())
+    signing_input = f"{header}.{long_b64}"
+    write("jwt_verify", "signed_long_lived",
+          f"\x00{signing_input}.{b64(key.sign(signing_input.encode()))}".encode())
+except ImportError:
+    print("cryptography is not installed: skipped the signed JWT seeds")
