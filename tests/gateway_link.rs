@@ -413,66 +413,102 @@ fn scan_for(dir: &Path, needle: &[u8], since: std::time::SystemTime, depth: u32)
 }
 
 /// A minimal HTTP CONNECT proxy on loopback (the real protocol, just no caching or policy):
-/// tunnels to loopback targets only and counts the tunnels it opened.
-async fn connect_proxy() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = tunnels.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    head.push(client.read_u8().await.unwrap());
-                }
-                let head = String::from_utf8(head).unwrap();
-                let target = head
-                    .strip_prefix("CONNECT ")
-                    .and_then(|r| r.split_whitespace().next())
-                    .unwrap()
-                    .to_owned();
-                let port: u16 = target.rsplit(':').next().unwrap().parse().unwrap();
-                let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .unwrap();
-                client
-                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await
-                    .unwrap();
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            });
+/// tunnels to loopback targets only, counts the tunnels it opened and can cut them all.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    tunnels: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (count, handles) = (tunnels.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let count = count.clone();
+                let task = tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        head.push(client.read_u8().await.unwrap());
+                    }
+                    let head = String::from_utf8(head).unwrap();
+                    let target = head
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split_whitespace().next())
+                        .unwrap()
+                        .to_owned();
+                    let port: u16 = target.rsplit(':').next().unwrap().parse().unwrap();
+                    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .unwrap();
+                    client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .unwrap();
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+                handles.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            tunnels,
+            open,
         }
-    });
-    (addr, tunnels)
+    }
+
+    fn tunnels(&self) -> usize {
+        self.tunnels.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drops every open tunnel, as a failing network path would.
+    fn cut(&self) {
+        for handle in self.open.lock().unwrap().drain(..) {
+            handle.abort();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrollment_and_link_go_through_an_http_connect_proxy() {
+async fn enrollment_and_link_go_through_an_http_connect_proxy_and_survive_a_cut() {
     let h = Harness::start().await;
-    let (proxy, tunnels) = connect_proxy().await;
+    let proxy = Proxy::start().await;
     let (id, token) = h.create_gateway().await;
     let mut config = h.config("a");
-    config.proxy = Some(format!("http://{proxy}"));
+    config.proxy = Some(format!("http://{}", proxy.addr));
     let identity = tidegate::gateway::enroll(&config, &token).await.unwrap();
-    let after_enroll = tunnels.load(std::sync::atomic::Ordering::SeqCst);
+    let after_enroll = proxy.tunnels();
     assert!(after_enroll >= 1, "enrollment bypassed the proxy");
     let gateway = Gateway::start(config, identity).unwrap();
-    gateway
-        .state()
-        .wait_for(|s| *s == LinkState::Online)
-        .await
-        .unwrap();
-    assert!(tunnels.load(std::sync::atomic::Ordering::SeqCst) > after_enroll);
+    let mut state = gateway.state();
+    state.wait_for(|s| *s == LinkState::Online).await.unwrap();
+    assert!(proxy.tunnels() > after_enroll);
     wait_for(|| h.gateway(&id).online).await;
     // Metrics reach the control plane as counts only.
     wait_for(|| h.gateway(&id).metrics.is_some()).await;
+
+    // Cut the path: the gateway notices, backs off, dials again through the proxy.
+    let before_cut = proxy.tunnels();
+    proxy.cut();
+    state
+        .wait_for(|s| matches!(s, LinkState::Offline { .. } | LinkState::Connecting))
+        .await
+        .unwrap();
+    state.wait_for(|s| *s == LinkState::Online).await.unwrap();
+    assert!(
+        proxy.tunnels() > before_cut,
+        "reconnected without the proxy"
+    );
+    wait_for(|| h.gateway(&id).online).await;
     gateway.shutdown().await;
 }
 
