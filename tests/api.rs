@@ -193,30 +193,14 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
 async fn run_failures_reach_the_operator_as_metadata() {
     let h = Harness::start().await;
     let (id, config, identity) = h.enrolled("a").await;
-    let src = h
-        .api
-        .post(
-            "/api/v1/connections",
+    let (_, _, task) = h
+        .create_task(
+            &id,
             json!({"name": "missing", "kind": "sqlite", "settings": {"path": "/nonexistent/db.sqlite"}}),
+            json!({"name": "out", "kind": "local",
+                   "settings": {"root": h.dir.path().join("out").display().to_string()}}),
         )
-        .await
-        .unwrap();
-    let dst = h
-        .api
-        .post(
-            "/api/v1/connections",
-            json!({"name": "out", "kind": "local", "settings": {"root": h.dir.path().join("out").display().to_string()}}),
-        )
-        .await
-        .unwrap();
-    let task = h
-        .api
-        .post(
-            "/api/v1/tasks",
-            json!({"name": "t", "gateway_id": id, "source_id": src["id"], "target_id": dst["id"]}),
-        )
-        .await
-        .unwrap();
+        .await;
     let runs = format!("/api/v1/tasks/{}/runs", task["id"].as_str().unwrap());
 
     // The gateway is offline: the run cannot start, and says why.

@@ -316,33 +316,16 @@ async fn gateway_keeps_credentials_in_memory_only() {
     .await
     .unwrap();
     let out = h.dir.path().join("out");
-    let src = h
-        .api
-        .post(
-            "/api/v1/connections",
+    let (src, _, task) = h
+        .create_task(
+            &id,
             json!({"name": "src", "kind": "sqlite", "settings": {"path": source.display().to_string()},
                    "secrets": {"password": canary}}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(src["secret_names"], json!(["password"]));
-    assert!(!src.to_string().contains(&canary), "API echoed a secret");
-    let dst = h
-        .api
-        .post(
-            "/api/v1/connections",
             json!({"name": "dst", "kind": "local", "settings": {"root": out.display().to_string()}}),
         )
-        .await
-        .unwrap();
-    let task = h
-        .api
-        .post(
-            "/api/v1/tasks",
-            json!({"name": "t", "gateway_id": id, "source_id": src["id"], "target_id": dst["id"]}),
-        )
-        .await
-        .unwrap();
+        .await;
+    assert_eq!(src["secret_names"], json!(["password"]));
+    assert!(!src.to_string().contains(&canary), "API echoed a secret");
     let run = h
         .api
         .post(

@@ -78,6 +78,28 @@ impl Harness {
         (id, config, identity)
     }
 
+    /// Creates a source and a target connection and a task between them on `gateway_id`;
+    /// returns the three API answers.
+    pub async fn create_task(
+        &self,
+        gateway_id: &str,
+        source: serde_json::Value,
+        target: serde_json::Value,
+    ) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+        let src = self.api.post("/api/v1/connections", source).await.unwrap();
+        let dst = self.api.post("/api/v1/connections", target).await.unwrap();
+        let task = self
+            .api
+            .post(
+                "/api/v1/tasks",
+                json!({"name": "t", "gateway_id": gateway_id,
+                       "source_id": src["id"], "target_id": dst["id"]}),
+            )
+            .await
+            .unwrap();
+        (src, dst, task)
+    }
+
     pub fn gateway(&self, id: &str) -> tidegate::metadata::Gateway {
         self.cp.store().gateway(id).unwrap()
     }

@@ -277,17 +277,7 @@ async fn copy(
         }
     };
     while let Ok(event) = progress_rx.try_recv() {
-        let key = event.table.to_string();
-        if let Some(p) = state.get_mut(&key) {
-            p.rows = event.rows;
-            p.bytes = event.bytes;
-            p.state = if event.done {
-                TableState::Done
-            } else {
-                TableState::Copying
-            };
-            changed.insert(key);
-        }
+        apply(&mut state, &mut changed, &event);
     }
     match result {
         Ok(summary) => {
