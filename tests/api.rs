@@ -232,3 +232,92 @@ async fn run_failures_reach_the_operator_as_metadata() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_leaves_no_complete_looking_output() {
+    let h = Harness::start().await;
+    let (id, config, identity) = h.enrolled("a").await;
+    let source = h.dir.path().join("big.sqlite");
+    tidegate::replicate::sample::generate_sqlite(
+        &source,
+        tidegate::replicate::sample::SampleSize::rows(1_000_000),
+    )
+    .await
+    .unwrap();
+    let out = h.dir.path().join("out");
+    let (_, _, task) = h
+        .create_task(
+            &id,
+            json!({"name": "big", "kind": "sqlite", "settings": {"path": source.display().to_string()}}),
+            json!({"name": "out", "kind": "local", "settings": {"root": out.display().to_string()}}),
+        )
+        .await;
+    let task_id = task["id"].as_str().unwrap();
+    let gateway = Gateway::start(config, identity).unwrap();
+    gateway
+        .state()
+        .wait_for(|s| *s == LinkState::Online)
+        .await
+        .unwrap();
+    common::wait_for(|| h.gateway(&id).online).await;
+
+    // Stopping a task that is not running is refused with a reason.
+    let err = h
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/stop"), json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not running"), "{err}");
+
+    let run = h
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+        .await
+        .unwrap();
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    // A second start while it runs is a conflict.
+    let err = h
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("409") && err.contains("already running"),
+        "{err}"
+    );
+
+    h.api
+        .post(&format!("/api/v1/tasks/{task_id}/stop"), json!({}))
+        .await
+        .unwrap();
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = h.api.get(&format!("/api/v1/runs/{run_id}")).await.unwrap();
+        if last["state"] != json!("Starting") && last["state"] != json!("Running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["state"], json!("Stopped"), "{last}");
+    // Every table that did not finish has no manifest: nothing looks complete that is not.
+    for table in ["customers", "orders", "events"] {
+        let dir = out.join("main").join(table).join(&run_id);
+        let finished = last["tables"][format!("main.{table}")]["state"] == json!("Done");
+        assert_eq!(
+            dir.join("_manifest.json").exists(),
+            finished,
+            "main.{table}: manifest does not match state {last}"
+        );
+    }
+    assert!(
+        last["tables"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|t| t["state"] != json!("Done")),
+        "the run finished before the stop arrived: make the sample larger"
+    );
+    gateway.shutdown().await;
+}

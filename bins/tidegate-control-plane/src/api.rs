@@ -509,7 +509,7 @@ async fn stop_task(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     authorize(&shared, &headers, Resource::Task, Action::Operate).await?;
     let task = shared.store.task(&id)?;
     let result = shared
@@ -522,7 +522,10 @@ async fn stop_task(
         .await
         .map_err(ApiError::conflict)?;
     match result.outcome {
-        Ok(_) => Ok(StatusCode::ACCEPTED),
+        Ok(_) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"task_id": id, "state": "stopping"})),
+        )),
         Err(report) => Err(ApiError::conflict(report.message)),
     }
 }
