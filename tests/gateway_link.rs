@@ -136,12 +136,19 @@ async fn unsupported_protocol_version_is_refused_and_shown_deactivated() {
         other => panic!("not refused: {other}"),
     }
     match h.gateway(&id).state {
-        GatewayState::Deactivated { reason } => {
+        GatewayState::Outdated { reason } => {
             assert!(reason.contains("no longer supported"), "{reason}")
         }
-        other => panic!("gateway not deactivated: {other:?}"),
+        other => panic!("gateway not shown as deactivated: {other:?}"),
     }
     assert!(!h.gateway(&id).online);
+
+    // Upgraded (it offers a supported version again), it is let in and active again.
+    config.protocol_versions = tidegate::proto::SUPPORTED_VERSIONS;
+    let (_link, _) = tidegate::gateway::dial_once(&config, &identity)
+        .await
+        .unwrap();
+    assert_eq!(h.gateway(&id).state, GatewayState::Active);
 }
 
 /// Opens TLS to the control plane and returns the stream with its auth binding.

@@ -103,7 +103,7 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
                     hello.min_version.0, hello.max_version.0
                 );
                 let _ = shared.store.update_gateway(&gateway_id, |g| {
-                    g.state = GatewayState::Deactivated { reason };
+                    g.state = GatewayState::Outdated { reason };
                     g.software = Some(software);
                     Ok(())
                 });
@@ -112,9 +112,21 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
                     message: String::new(),
                 })
             }
-            (Some(_), Ok(g)) if matches!(g.state, GatewayState::Active) => Admission::Admit {
-                heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
-            },
+            (Some(_), Ok(g))
+                if matches!(
+                    g.state,
+                    GatewayState::Active | GatewayState::Outdated { .. }
+                ) =>
+            {
+                // An outdated gateway that now speaks a supported version is active again.
+                let _ = shared.store.update_gateway(&gateway_id, |g| {
+                    g.state = GatewayState::Active;
+                    Ok(())
+                });
+                Admission::Admit {
+                    heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+                }
+            }
             (Some(_), _) => Admission::Refuse(Refusal {
                 reason: RefusalReason::Deactivated,
                 message: "gateway is not active on this control plane".into(),

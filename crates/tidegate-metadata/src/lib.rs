@@ -54,6 +54,12 @@ pub enum GatewayState {
         /// Why, for the operator.
         reason: String,
     },
+    /// Deactivated because it spoke only protocol versions this control plane no longer
+    /// supports. It becomes active again when it connects with a supported version.
+    Outdated {
+        /// Why, for the operator (the versions it offered and what to do).
+        reason: String,
+    },
 }
 
 /// A gateway as the control plane knows it.
