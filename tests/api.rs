@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Harness, OPERATOR};
 use serde_json::{Value, json};
 use tidegate::gateway::{Gateway, LinkState};
@@ -215,15 +213,7 @@ async fn run_failures_reach_the_operator_as_metadata() {
         .unwrap();
     common::wait_for(|| h.gateway(&id).online).await;
     let run = h.api.post(&runs, json!({})).await.unwrap();
-    let path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
-    let mut last = Value::Null;
-    for _ in 0..100 {
-        last = h.api.get(&path).await.unwrap();
-        if last["state"] == json!("Failed") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let last = h.wait_run_end(run["id"].as_str().unwrap()).await;
     assert_eq!(last["state"], json!("Failed"), "{last}");
     let error = last["error"].as_str().unwrap();
     assert!(
@@ -292,14 +282,7 @@ async fn a_stopped_run_leaves_no_complete_looking_output() {
         .post(&format!("/api/v1/tasks/{task_id}/stop"), json!({}))
         .await
         .unwrap();
-    let mut last = Value::Null;
-    for _ in 0..200 {
-        last = h.api.get(&format!("/api/v1/runs/{run_id}")).await.unwrap();
-        if last["state"] != json!("Starting") && last["state"] != json!("Running") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let last = h.wait_run_end(&run_id).await;
     assert_eq!(last["state"], json!("Stopped"), "{last}");
     // Every table that did not finish has no manifest: nothing looks complete that is not.
     for table in ["customers", "orders", "events"] {

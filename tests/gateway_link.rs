@@ -341,17 +341,7 @@ async fn gateway_keeps_credentials_in_memory_only() {
         )
         .await
         .unwrap();
-    let run_id = run["id"].as_str().unwrap().to_owned();
-    let mut finished = None;
-    for _ in 0..100 {
-        let r = h.api.get(&format!("/api/v1/runs/{run_id}")).await.unwrap();
-        if r["state"] != json!("Starting") && r["state"] != json!("Running") {
-            finished = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let finished = finished.expect("run did not finish");
+    let finished = h.wait_run_end(run["id"].as_str().unwrap()).await;
     assert_eq!(finished["state"], json!("Completed"), "{finished}");
     let listed = h.api.get("/api/v1/connections").await.unwrap();
     assert!(!listed.to_string().contains(&canary));

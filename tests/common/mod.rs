@@ -100,6 +100,19 @@ impl Harness {
         (src, dst, task)
     }
 
+    /// Polls a run until it is neither starting nor running (at most 10 s); returns its view.
+    pub async fn wait_run_end(&self, run_id: &str) -> serde_json::Value {
+        let path = format!("/api/v1/runs/{run_id}");
+        for _ in 0..200 {
+            let run = self.api.get(&path).await.unwrap();
+            if run["state"] != json!("Starting") && run["state"] != json!("Running") {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("run {run_id} did not end within 10 s");
+    }
+
     pub fn gateway(&self, id: &str) -> tidegate::metadata::Gateway {
         self.cp.store().gateway(id).unwrap()
     }

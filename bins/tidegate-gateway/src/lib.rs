@@ -349,11 +349,7 @@ impl Worker {
                 }
                 Err(error) => {
                     tracing::warn!(message = "connection to control plane failed", %error);
-                    let reason = error.to_string();
-                    self.state.send_replace(LinkState::Offline {
-                        reason: reason.clone(),
-                    });
-                    reason
+                    error.to_string()
                 }
             };
             if self.shutdown.is_cancelled() {

@@ -118,13 +118,18 @@ fn setting<'a>(spec: &'a ConnectionSpec, name: &str) -> Result<&'a str, ErrorRep
         })
 }
 
-/// Tests a connection by opening it (and, for sources, listing its tables).
+/// The connection kinds this gateway reads from.
+const SOURCE_KINDS: &[&str] = &["sqlite"];
+
+/// Tests a connection by opening it (and, for sources, listing its tables). A source's own
+/// error is reported as such, never masked by trying the spec as a target.
 pub(crate) async fn test_connection(spec: &ConnectionSpec) -> Result<CommandOutcome, ErrorReport> {
-    if let Ok(source) = open_source(spec).await {
+    if SOURCE_KINDS.contains(&spec.kind.as_str()) {
+        let source = open_source(spec).await?;
         source.discover().await.map_err(|e| source_error(&e))?;
-        return Ok(CommandOutcome::ConnectionOk { server: None });
+    } else {
+        open_sink(spec)?;
     }
-    open_sink(spec)?;
     Ok(CommandOutcome::ConnectionOk { server: None })
 }
 

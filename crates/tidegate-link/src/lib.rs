@@ -466,10 +466,8 @@ pub fn seal_frame(
 ) -> Result<Vec<u8>, Error> {
     // Room for the sealed header, the frame and the tag: sealing appends nothing that would
     // make the buffer grow and copy.
-    let len = codec.encoded_len(message)?;
-    let mut buf = Vec::with_capacity(tidegate_channel::OVERHEAD + len);
-    buf.extend_from_slice(&[0u8; tidegate_channel::HEADER_LEN]);
-    if let Err(e) = codec.encode(seq, message, &mut buf) {
+    let mut buf = vec![0u8; tidegate_channel::HEADER_LEN];
+    if let Err(e) = codec.encode_with_slack(seq, message, &mut buf, tidegate_channel::TAG_LEN) {
         buf.zeroize();
         return Err(e.into());
     }

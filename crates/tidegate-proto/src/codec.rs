@@ -88,36 +88,38 @@ impl FrameCodec {
     /// Appends frame `seq` carrying `message` to `dst`. A frame longer than the maximum is an
     /// error and leaves `dst` as it was.
     pub fn encode(&self, seq: u64, message: &Message, dst: &mut Vec<u8>) -> Result<(), Error> {
+        self.encode_with_slack(seq, message, dst, 0)
+    }
+
+    /// Like [`FrameCodec::encode`], and leaves room for `slack` more bytes after the frame (an
+    /// authentication tag, say), so that appending them does not grow and copy the buffer.
+    pub fn encode_with_slack(
+        &self,
+        seq: u64,
+        message: &Message,
+        dst: &mut Vec<u8>,
+        slack: usize,
+    ) -> Result<(), Error> {
         let len = self.encoded_len(message)?;
+        let too_large = Error::FrameTooLarge {
+            len,
+            max: self.max_frame_len,
+        };
         if len > self.max_frame_len {
-            return Err(Error::FrameTooLarge {
-                len,
-                max: self.max_frame_len,
-            });
+            return Err(too_large);
         }
+        let prefix = u32::try_from(len - 4).map_err(|_| too_large)?;
         // One allocation of the exact size: growing by doubling would copy large frames again.
-        dst.reserve(len);
+        dst.reserve(len + slack);
         let start = dst.len();
-        dst.extend_from_slice(&[0; 4]);
+        dst.extend_from_slice(&prefix.to_be_bytes());
         dst.put_u8(FORMAT_VERSION);
         dst.put_u64(seq);
         if let Err(e) = postcard::to_extend(message, Appender(dst)) {
             dst.truncate(start);
             return Err(Error::Malformed(e.to_string()));
         }
-        let len = dst.len() - start;
-        if len > self.max_frame_len {
-            dst.truncate(start);
-            return Err(Error::FrameTooLarge {
-                len,
-                max: self.max_frame_len,
-            });
-        }
-        let prefix = u32::try_from(len - 4).map_err(|_| Error::FrameTooLarge {
-            len,
-            max: self.max_frame_len,
-        })?;
-        dst[start..start + 4].copy_from_slice(&prefix.to_be_bytes());
+        debug_assert_eq!(dst.len() - start, len, "postcard's size pass disagrees");
         Ok(())
     }
 
