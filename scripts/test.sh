@@ -7,14 +7,25 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s ==\n' "$*"; }
 
 # --- System packages -------------------------------------------------------------------------
-# aws-lc-rs builds its C code with a C compiler; nothing else is needed yet.
+# aws-lc-rs builds its C code with a C compiler; the PostgreSQL tests start throwaway clusters
+# with the server binaries (as user `postgres` when run as root); pip installs moto, a real
+# S3-compatible server.
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
 command -v cc >/dev/null || need+=(build-essential)
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+[ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || need+=(postgresql)
+command -v runuser >/dev/null || need+=(util-linux)
+command -v pip3 >/dev/null || need+=(python3-pip)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+if ! python3 -c 'import moto.server' 2>/dev/null; then
+  log "installing moto (S3-compatible test server)"
+  pip3 install --quiet 'moto[server]>=5.1,<6' 2>/dev/null \
+    || pip3 install --quiet --break-system-packages 'moto[server]>=5.1,<6'
 fi
 if ! command -v cargo-nextest >/dev/null; then
   log "installing cargo-nextest"

@@ -28,6 +28,9 @@ pub struct CopyPlan {
     pub parallel_tables: usize,
     /// Batches buffered between a table's reader and writer. Default 2.
     pub channel_batches: usize,
+    /// Readers per table: a source that can split a table ([`Source::partitions`]) reads up
+    /// to this many parts of it at once into the table's one writer. Default 1.
+    pub readers_per_table: usize,
 }
 
 impl CopyPlan {
@@ -39,6 +42,7 @@ impl CopyPlan {
             batch_rows: 65_536,
             parallel_tables: 2,
             channel_batches: 2,
+            readers_per_table: 1,
         }
     }
 
@@ -70,6 +74,12 @@ impl CopyPlan {
         self
     }
 
+    /// Sets how many readers may read parts of one table at once.
+    pub fn with_readers_per_table(mut self, readers: usize) -> Self {
+        self.readers_per_table = readers;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         let reason = if self.batch_rows == 0 {
             "batch_rows must be at least 1"
@@ -77,6 +87,8 @@ impl CopyPlan {
             "parallel_tables must be at least 1"
         } else if self.channel_batches == 0 {
             "channel_batches must be at least 1"
+        } else if self.readers_per_table == 0 {
+            "readers_per_table must be at least 1"
         } else {
             return Ok(());
         };
@@ -168,6 +180,7 @@ pub async fn copy_tables(
         run_id: plan.run_id.clone(),
         batch_rows: plan.batch_rows,
         channel_batches: plan.channel_batches,
+        readers_per_table: plan.readers_per_table,
         progress,
         stop: stop.clone(),
     });
@@ -264,6 +277,7 @@ struct TableCopy {
     run_id: String,
     batch_rows: usize,
     channel_batches: usize,
+    readers_per_table: usize,
     progress: mpsc::Sender<ProgressEvent>,
     stop: CancellationToken,
 }
@@ -313,7 +327,20 @@ impl TableCopy {
 
     /// Streams every batch of `table` into `writer` through a bounded channel.
     async fn pump(&self, table: &TableSchema, writer: &mut dyn TableWriter) -> Result<()> {
-        let mut batches = self.source.read_table(table, self.batch_rows).await?;
+        let partitions = self
+            .source
+            .partitions(table, self.readers_per_table)
+            .await?;
+        let mut parts = Vec::with_capacity(partitions.len());
+        for partition in &partitions {
+            parts.push(
+                self.source
+                    .read_partition(table, partition, self.batch_rows)
+                    .await?,
+            );
+        }
+        // Parts interleave; rows of a table come in no particular order anyway.
+        let mut batches = futures::stream::select_all(parts);
         let (sender, mut receiver) = mpsc::channel(self.channel_batches);
         let read = async move {
             while let Some(batch) = batches.next().await {

@@ -23,6 +23,33 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// Connecting to a database server failed.
+    #[error("cannot connect to {server}")]
+    Connect {
+        /// `host:port/database`, without credentials.
+        server: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Opening or joining the snapshot all tables are read in failed.
+    #[error("cannot open the read snapshot")]
+    Snapshot {
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A binary `COPY` stream is malformed.
+    #[error("table {table}: malformed COPY data: {reason}")]
+    CopyFormat {
+        /// The table, as `schema.name`.
+        table: String,
+        /// What is wrong, as a fixed text.
+        reason: &'static str,
+    },
+
     /// Listing the tables or columns of a source failed.
     #[error("cannot discover tables")]
     Discover {
@@ -76,6 +103,18 @@ pub enum Error {
         column: String,
         /// What the value should have been, e.g. `Decimal128(12, 2)`.
         expected: String,
+    },
+
+    /// A value read from a source has no form in its column's Arrow type (an infinite date,
+    /// a NaN numeric, a malformed binary value).
+    #[error("table {table}: column {column}: {reason}")]
+    UnrepresentableValue {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The column name.
+        column: String,
+        /// What is wrong, as a fixed text that never quotes the value.
+        reason: &'static str,
     },
 
     /// A record batch handed to a sink does not match the table's schema.
@@ -188,6 +227,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Open { source, .. }
+            | Error::Connect { source, .. }
+            | Error::Snapshot { source }
             | Error::Discover { source }
             | Error::Read { source, .. }
             | Error::Sample { source, .. } => sqlx_retryable(source),
@@ -199,6 +240,8 @@ impl Error {
                 _ => false,
             },
             Error::UnsupportedType { .. }
+            | Error::CopyFormat { .. }
+            | Error::UnrepresentableValue { .. }
             | Error::TypeMismatch { .. }
             | Error::InvalidValue { .. }
             | Error::SchemaMismatch { .. }

@@ -48,6 +48,7 @@
 mod copy;
 mod error;
 mod parquet_sink;
+pub mod postgres;
 pub mod sample;
 mod sink;
 mod source;
@@ -59,8 +60,9 @@ mod values;
 pub use crate::copy::{CopyPlan, CopySummary, ProgressEvent, copy_tables};
 pub use crate::error::{Error, Result};
 pub use crate::parquet_sink::{MANIFEST_FILE, MANIFEST_VERSION, ParquetSink, ParquetSinkConfig};
+pub use crate::postgres::{PostgresSource, PostgresSourceConfig};
 pub use crate::sink::{FileOutput, Sink, TableOutput, TableWriter};
-pub use crate::source::Source;
+pub use crate::source::{Partition, Source};
 pub use crate::sqlite::SqliteSource;
 pub use crate::table::{TableRef, TableSchema};
 
@@ -68,4 +70,5 @@ pub use crate::table::{TableRef, TableSchema};
 pub use arrow;
 pub use object_store;
 pub use parquet;
+pub use sqlx;
 pub use tokio_util::sync::CancellationToken;

@@ -6,7 +6,7 @@ use arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::table::TableSchema;
 
 /// A database whose tables can be listed and read as Arrow record batches.
@@ -41,4 +41,53 @@ pub trait Source: Send + Sync + Debug {
         table: &'a TableSchema,
         batch_rows: usize,
     ) -> BoxFuture<'a, Result<BoxStream<'static, Result<RecordBatch>>>>;
+
+    /// Splits `table` into at most `max_partitions` parts that can be read in parallel with
+    /// [`read_partition`](Source::read_partition); together they hold every row exactly once.
+    ///
+    /// The default does not split: one [`Partition::Whole`].
+    fn partitions<'a>(
+        &'a self,
+        table: &'a TableSchema,
+        max_partitions: usize,
+    ) -> BoxFuture<'a, Result<Vec<Partition>>> {
+        let _ = (table, max_partitions);
+        Box::pin(async { Ok(vec![Partition::Whole]) })
+    }
+
+    /// Reads one part of `table` obtained from [`partitions`](Source::partitions), with the
+    /// same contract as [`read_table`](Source::read_table).
+    ///
+    /// The default reads [`Partition::Whole`] with `read_table` and refuses other parts.
+    fn read_partition<'a>(
+        &'a self,
+        table: &'a TableSchema,
+        partition: &'a Partition,
+        batch_rows: usize,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, Result<RecordBatch>>>> {
+        match partition {
+            Partition::Whole => self.read_table(table, batch_rows),
+            _ => Box::pin(async {
+                Err(Error::InvalidConfig {
+                    reason: "this source reads whole tables only",
+                })
+            }),
+        }
+    }
+}
+
+/// A part of a table that one reader reads; see [`Source::partitions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Partition {
+    /// The whole table.
+    Whole,
+    /// The rows stored in heap pages `start..end` (PostgreSQL `ctid` ranges); `end: None`
+    /// runs to the end of the table.
+    Pages {
+        /// First page.
+        start: u64,
+        /// One past the last page, or the end of the table.
+        end: Option<u64>,
+    },
 }
