@@ -142,6 +142,15 @@ pub enum Error {
         name: String,
     },
 
+    /// An object store URL or its options cannot be used.
+    #[error("invalid target {target}: {reason}")]
+    InvalidTarget {
+        /// The URL, credentials removed.
+        target: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
     /// A copy plan or sink configuration is unusable.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {
@@ -241,6 +250,7 @@ impl Error {
             },
             Error::UnsupportedType { .. }
             | Error::CopyFormat { .. }
+            | Error::InvalidTarget { .. }
             | Error::UnrepresentableValue { .. }
             | Error::TypeMismatch { .. }
             | Error::InvalidValue { .. }

@@ -53,6 +53,7 @@ pub mod sample;
 mod sink;
 mod source;
 pub mod sqlite;
+mod store;
 mod table;
 mod values;
 
@@ -64,6 +65,7 @@ pub use crate::postgres::{PostgresSource, PostgresSourceConfig};
 pub use crate::sink::{FileOutput, Sink, TableOutput, TableWriter};
 pub use crate::source::{Partition, Source};
 pub use crate::sqlite::SqliteSource;
+pub use crate::store::{ServerSideEncryption, StoreOptions, StoreTarget, open_store};
 pub use crate::table::{TableRef, TableSchema};
 
 // Crates that appear in the public API, re-exported so callers use the same versions.

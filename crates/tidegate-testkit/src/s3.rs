@@ -67,16 +67,36 @@ impl S3Server {
         }
     }
 
-    /// The response headers of a `HEAD` on an object, names in lower case.
-    pub fn head_object(&self, bucket: &str, key: &str) -> io::Result<Vec<(String, String)>> {
-        let (status, headers) = self.request("HEAD", &format!("/{bucket}/{key}"))?;
-        if status == 200 {
-            Ok(headers)
-        } else {
-            Err(io::Error::other(format!(
-                "HEAD {bucket}/{key}: HTTP {status}"
-            )))
+    /// What the server recorded about an object's server-side encryption:
+    /// `(algorithm, KMS key id)`, e.g. `("aws:kms", Some("alias/key"))`.
+    ///
+    /// Asked through boto3 (installed with moto), an independent S3 client: requests for
+    /// KMS-encrypted objects must be signed.
+    pub fn object_encryption(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> io::Result<(Option<String>, Option<String>)> {
+        let script = "import sys, boto3\n\
+            s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
+                              aws_access_key_id='test', aws_secret_access_key='test')\n\
+            head = s3.head_object(Bucket=sys.argv[2], Key=sys.argv[3])\n\
+            print(head.get('ServerSideEncryption') or '')\n\
+            print(head.get('SSEKMSKeyId') or '')\n";
+        let output = Command::new("python3")
+            .args(["-c", script, &self.endpoint(), bucket, key])
+            .output()?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!(
+                "head_object {bucket}/{key}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )));
         }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut lines = text
+            .lines()
+            .map(|line| Some(line.to_owned()).filter(|l| !l.is_empty()));
+        Ok((lines.next().flatten(), lines.next().flatten()))
     }
 
     /// One unsigned HTTP/1.1 request without a body; returns the status and headers.
