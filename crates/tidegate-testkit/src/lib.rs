@@ -4,6 +4,7 @@
 //!   password (SCRAM) authentication over TCP and `wal_level = logical`. PostgreSQL refuses to
 //!   run as root, so when the tests run as root the cluster runs as the `postgres` system user.
 //! * [`S3Server`]: a real S3-compatible server (moto's server mode) on a free port.
+//! * [`lineitem_sql`]: a TPC-H-like `lineitem` table generated inside PostgreSQL.
 //!
 //! Nothing here is a mock: each server is the real program, started and stopped by its guard.
 //! Dropping a guard stops the server and removes its files.
@@ -11,9 +12,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod lineitem;
 mod pg;
 mod s3;
 
+pub use crate::lineitem::lineitem_sql;
 pub use crate::pg::PgServer;
 pub use crate::s3::S3Server;
 
