@@ -117,6 +117,27 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// Writing to a database target failed.
+    #[error("cannot write to {target}")]
+    Write {
+        /// The target table and server, as `schema.name on host:port/database`.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A target stored a different number of rows than were sent.
+    #[error("table {table}: the target stored {found} rows, {expected} were sent")]
+    RowCount {
+        /// The target table.
+        table: String,
+        /// Rows sent.
+        expected: u64,
+        /// Rows the target reported.
+        found: u64,
+    },
+
     /// A record batch handed to a sink does not match the table's schema.
     #[error("table {table}: record batch schema does not match the table schema")]
     SchemaMismatch {
@@ -238,6 +259,7 @@ impl Error {
             Error::Open { source, .. }
             | Error::Connect { source, .. }
             | Error::Snapshot { source }
+            | Error::Write { source, .. }
             | Error::Discover { source }
             | Error::Read { source, .. }
             | Error::Sample { source, .. } => sqlx_retryable(source),
@@ -250,6 +272,7 @@ impl Error {
             },
             Error::UnsupportedType { .. }
             | Error::CopyFormat { .. }
+            | Error::RowCount { .. }
             | Error::InvalidTarget { .. }
             | Error::UnrepresentableValue { .. }
             | Error::TypeMismatch { .. }

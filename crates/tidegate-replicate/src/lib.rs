@@ -61,7 +61,7 @@ mod values;
 pub use crate::copy::{CopyPlan, CopySummary, ProgressEvent, copy_tables};
 pub use crate::error::{Error, Result};
 pub use crate::parquet_sink::{MANIFEST_FILE, MANIFEST_VERSION, ParquetSink, ParquetSinkConfig};
-pub use crate::postgres::{PostgresSource, PostgresSourceConfig};
+pub use crate::postgres::{PostgresSink, PostgresSinkConfig, PostgresSource, PostgresSourceConfig};
 pub use crate::sink::{FileOutput, Sink, TableOutput, TableWriter};
 pub use crate::source::{Partition, Source};
 pub use crate::sqlite::SqliteSource;

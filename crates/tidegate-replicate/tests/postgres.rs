@@ -22,6 +22,7 @@ use tidegate_replicate::{
     CancellationToken, CopyPlan, Error, ParquetSink, ParquetSinkConfig, Partition, PostgresSource,
     PostgresSourceConfig, Source, TableSchema, copy_tables,
 };
+use tidegate_replicate::{PostgresSink, PostgresSinkConfig};
 use tidegate_testkit::PgServer;
 
 async fn server_with(sql: &str) -> PgServer {
@@ -578,4 +579,180 @@ async fn a_connection_dropped_mid_copy_fails_the_read() {
     assert!(rows < 200_000);
     assert!(matches!(error, Error::Read { .. }), "{error:?}");
     assert!(error.to_string().contains("public.big"), "{error}");
+}
+
+/// Per column expression: rows, non-null values and an order-independent digest of PostgreSQL's own text
+/// form of every value, so source and target are compared by the database itself.
+fn column_digests(
+    server: &PgServer,
+    database: &str,
+    table: &str,
+    columns: &[String],
+) -> Vec<String> {
+    columns
+        .iter()
+        .map(|column| {
+            let c = column;
+            let sql = format!(
+                "SELECT count(*) || ':' || count({c}) || ':' || \
+                 md5(coalesce(string_agg(format('%s', {c}), E'\\x1f' ORDER BY format('%s', {c})), '')) \
+                 FROM {table}"
+            );
+            let label = column.split("::").next().unwrap_or(column).trim_matches('"');
+            format!("{label}={}", server.execute(database, &sql).unwrap().trim())
+        })
+        .collect()
+}
+
+async fn copy_into_postgres(
+    server: &PgServer,
+    tables: &[&str],
+) -> tidegate_replicate::Result<tidegate_replicate::CopySummary> {
+    let source = Arc::new(PostgresSource::connect(&server.url("src")).await?);
+    let sink = Arc::new(
+        PostgresSink::connect(&server.url("dst"), PostgresSinkConfig::default(), 2).await?,
+    );
+    let (progress, mut events) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let plan = CopyPlan::new("run-1")
+        .with_tables(tables.iter().copied())
+        .with_batch_rows(3);
+    copy_tables(source, sink, plan, progress, CancellationToken::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_round_trips_through_a_postgres_target() {
+    let server = server_with(TYPES_SQL).await;
+    server.create_database("dst").unwrap();
+    let summary = copy_into_postgres(&server, &["all_types"]).await.unwrap();
+    assert_eq!(summary.total_rows(), 4);
+
+    let columns: Vec<String> = server
+        .execute(
+            "src",
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'all_types'::regclass \
+             AND attnum > 0 ORDER BY attnum",
+        )
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(columns.len(), 29);
+    // Columns read through the text fallback hold the `::text` cast of the source value.
+    let quoted = |fallback: bool| -> Vec<String> {
+        columns
+            .iter()
+            .map(|c| match c.as_str() {
+                "ip" if fallback => "ip::text".to_owned(),
+                _ => format!("\"{c}\""),
+            })
+            .collect()
+    };
+    let source = column_digests(&server, "src", "all_types", &quoted(true));
+    let target = column_digests(&server, "dst", "public.all_types", &quoted(false));
+    assert_eq!(source, target);
+    // The target's types follow docs/types.md.
+    let types = server
+        .execute(
+            "dst",
+            "SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum) \
+             FROM pg_attribute WHERE attrelid = 'public.all_types'::regclass AND attnum > 0",
+        )
+        .unwrap();
+    assert_eq!(
+        types.trim(),
+        "integer,boolean,smallint,integer,bigint,bigint,real,double precision,numeric(38,4),\
+         numeric(7,0),text,text,text,text,text,bytea,date,time without time zone,\
+         timestamp without time zone,timestamp with time zone,interval,uuid,json,json,\
+         integer[],text[],text,integer,text"
+    );
+    // No staging table is left behind.
+    let leftovers = server
+        .execute(
+            "dst",
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_tidegate\\_%'",
+        )
+        .unwrap();
+    assert_eq!(leftovers.trim(), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_leaves_the_existing_target_table_untouched() {
+    let server = server_with(
+        r#"CREATE TABLE t (id int, d date);
+           INSERT INTO t SELECT g, '2020-01-01' FROM generate_series(1, 100) g;
+           CREATE TABLE "Mixed Case ""Name""" (v text);
+           INSERT INTO "Mixed Case ""Name""" VALUES ('ok');"#,
+    )
+    .await;
+    server.create_database("dst").unwrap();
+    copy_into_postgres(&server, &["t", "Mixed Case \"Name\""])
+        .await
+        .unwrap();
+    let count = |sql: &str| server.execute("dst", sql).unwrap().trim().to_owned();
+    assert_eq!(count("SELECT count(*) FROM t"), "100");
+    assert_eq!(count(r#"SELECT v FROM "Mixed Case ""Name""""#), "ok");
+
+    // A value the source cannot read fails the next load midway: the target keeps run 1.
+    server
+        .execute(
+            "src",
+            "INSERT INTO t SELECT g, '2020-01-01' FROM generate_series(101, 200) g; \
+                         UPDATE t SET d = 'infinity' WHERE id = 150",
+        )
+        .unwrap();
+    let error = copy_into_postgres(&server, &["t"]).await.unwrap_err();
+    assert!(
+        matches!(error, Error::UnrepresentableValue { .. }),
+        "{error:?}"
+    );
+    assert_eq!(count("SELECT count(*) FROM t"), "100");
+    assert_eq!(
+        count("SELECT count(*) FROM pg_class WHERE relname LIKE '\\_tidegate\\_%'"),
+        "0",
+        "the staging table is dropped"
+    );
+
+    // A successful load replaces it.
+    server
+        .execute("src", "UPDATE t SET d = '2021-01-01' WHERE id = 150")
+        .unwrap();
+    copy_into_postgres(&server, &["t"]).await.unwrap();
+    assert_eq!(count("SELECT count(*) FROM t"), "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_refusing_writes_fails_naming_the_target() {
+    let server = server_with(
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);
+         CREATE ROLE loader LOGIN PASSWORD 'loader-pw';",
+    )
+    .await;
+    server.create_database("dst").unwrap();
+    server
+        .execute("dst", "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .unwrap();
+    let source = Arc::new(PostgresSource::connect(&server.url("src")).await.unwrap());
+    let url = server.url("dst").replace(
+        &format!("{}:{}", server.user(), server.password()),
+        "loader:loader-pw",
+    );
+    let sink = Arc::new(
+        PostgresSink::connect(&url, PostgresSinkConfig::default(), 1)
+            .await
+            .unwrap(),
+    );
+    let (progress, _events) = tokio::sync::mpsc::channel(64);
+    let error = copy_tables(
+        source,
+        sink,
+        CopyPlan::new("r"),
+        progress,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("public.t") && text.contains("/dst"), "{text}");
+    assert!(!text.contains("loader-pw"), "{text}");
 }

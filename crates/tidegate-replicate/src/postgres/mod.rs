@@ -19,6 +19,8 @@
 //! batches, and holds its own connection; dropping the stream closes it.
 
 mod decode;
+mod encode;
+mod sink;
 mod types;
 
 use std::collections::HashMap;
@@ -35,6 +37,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::{Mutex, mpsc};
 
 pub use self::decode::BinaryCopyDecoder;
+pub use self::encode::{BinaryCopyEncoder, postgres_type};
+pub use self::sink::{PostgresSink, PostgresSinkConfig};
 pub use self::types::PgType;
 use self::types::{CatalogType, ColumnRead, column_read, referenced_types};
 use crate::error::{Error, Result};
