@@ -350,7 +350,12 @@ struct CreateConnection {
 }
 
 /// The connection kinds and their required settings.
-const KINDS: &[(&str, &[&str])] = &[("sqlite", &["path"]), ("local", &["root"])];
+const KINDS: &[(&str, &[&str])] = &[
+    ("sqlite", &["path"]),
+    ("local", &["root"]),
+    ("postgres", &["host", "database", "user"]),
+    ("s3", &["bucket"]),
+];
 
 async fn create_connection(
     State(shared): State<Arc<Shared>>,

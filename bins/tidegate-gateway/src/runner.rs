@@ -12,8 +12,11 @@ use tidegate_proto::{
     ProgressReport, TableDescription, TableProgress, TableSelection, TableState, TaskSpec,
     TaskState, TaskStatus,
 };
+use tidegate_replicate::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tidegate_replicate::{
-    CopyPlan, ParquetSink, ParquetSinkConfig, ProgressEvent, Sink, Source, SqliteSource,
+    CopyPlan, ParquetSink, ParquetSinkConfig, PostgresSink, PostgresSinkConfig, PostgresSource,
+    PostgresSourceConfig, ProgressEvent, ServerSideEncryption, Sink, Source, SqliteSource,
+    StoreOptions, open_store,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +37,12 @@ pub(crate) fn report(code: ErrorCode, message: impl Into<String>, retryable: boo
 fn source_error(e: &tidegate_replicate::Error) -> ErrorReport {
     use tidegate_replicate::Error as E;
     let code = match e {
-        E::Parquet { .. } | E::ObjectStore { .. } | E::Manifest { .. } => ErrorCode::Target,
+        E::Parquet { .. }
+        | E::ObjectStore { .. }
+        | E::Manifest { .. }
+        | E::Write { .. }
+        | E::RowCount { .. }
+        | E::InvalidTarget { .. } => ErrorCode::Target,
         E::InvalidName { .. } | E::UnknownTable { .. } | E::InvalidConfig { .. } => {
             ErrorCode::InvalidRequest
         }
@@ -53,6 +61,18 @@ pub(crate) async fn open_source(spec: &ConnectionSpec) -> Result<Arc<dyn Source>
                 .map_err(|e| source_error(&e))?;
             Ok(Arc::new(source))
         }
+        "postgres" => {
+            let mut config = PostgresSourceConfig::default();
+            if let Some(pages) = spec.settings.get("min_split_pages") {
+                config.min_split_pages = pages.parse().map_err(|_| {
+                    invalid(spec, "the setting \"min_split_pages\" is not a number")
+                })?;
+            }
+            let source = PostgresSource::connect_with(postgres_options(spec)?, config)
+                .await
+                .map_err(|e| source_error(&e))?;
+            Ok(Arc::new(source))
+        }
         other => Err(report(
             ErrorCode::InvalidRequest,
             format!(
@@ -64,9 +84,47 @@ pub(crate) async fn open_source(spec: &ConnectionSpec) -> Result<Arc<dyn Source>
     }
 }
 
-/// Opens a Parquet sink from a target spec.
-pub(crate) fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, ErrorReport> {
+/// Opens a sink from a target spec: Parquet on a directory or S3, or PostgreSQL tables.
+pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, ErrorReport> {
     match spec.kind.as_str() {
+        "s3" => {
+            let bucket = setting(spec, "bucket")?;
+            let prefix = spec.settings.get("prefix").map_or("", String::as_str);
+            let mut options = StoreOptions::default();
+            options.endpoint = spec.settings.get("endpoint").cloned();
+            options.region = spec.settings.get("region").cloned();
+            options.allow_http = spec.settings.get("allow_http").is_some_and(|v| v == "true");
+            options.access_key_id = spec.settings.get("access_key_id").cloned();
+            options.secret_access_key = spec
+                .secrets
+                .get("secret_access_key")
+                .map(|secret| secret.expose().to_owned());
+            options.encryption = match spec.settings.get("sse").map(String::as_str) {
+                None | Some("") => ServerSideEncryption::BucketDefault,
+                Some("aes256") => ServerSideEncryption::S3Managed,
+                Some("kms") => ServerSideEncryption::Kms {
+                    key_id: setting(spec, "kms_key_id")?.to_owned(),
+                },
+                Some(_) => {
+                    return Err(invalid(spec, "the setting \"sse\" must be aes256 or kms"));
+                }
+            };
+            let target = open_store(&format!("s3://{bucket}/{prefix}"), &options)
+                .map_err(|e| source_error(&e))?;
+            Ok(Arc::new(ParquetSink::new(
+                target.store,
+                target.prefix,
+                ParquetSinkConfig::default(),
+            )))
+        }
+        "postgres" => {
+            let mut config = PostgresSinkConfig::default();
+            config.schema = spec.settings.get("schema").cloned();
+            let sink = PostgresSink::connect_with(postgres_options(spec)?, config, 4)
+                .await
+                .map_err(|e| source_error(&e))?;
+            Ok(Arc::new(sink))
+        }
         "local" => {
             let root = setting(spec, "root")?;
             std::fs::create_dir_all(root).map_err(|e| {
@@ -104,6 +162,52 @@ pub(crate) fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, ErrorRep
     }
 }
 
+fn invalid(spec: &ConnectionSpec, what: &str) -> ErrorReport {
+    report(
+        ErrorCode::InvalidRequest,
+        format!("connection {}: {what}", spec.id),
+        false,
+    )
+}
+
+/// PostgreSQL connect options from a connection's settings (`host`, `port`, `database`,
+/// `user`, `sslmode`, `ca_pem`) and secrets (`password`). No URL is built, so the password
+/// never sits in a string that could be logged.
+fn postgres_options(spec: &ConnectionSpec) -> Result<PgConnectOptions, ErrorReport> {
+    let port = match spec.settings.get("port") {
+        Some(port) => port
+            .parse()
+            .map_err(|_| invalid(spec, "the setting \"port\" is not a port number"))?,
+        None => 5432,
+    };
+    let ssl_mode = match spec.settings.get("sslmode").map(String::as_str) {
+        None | Some("prefer") => PgSslMode::Prefer,
+        Some("disable") => PgSslMode::Disable,
+        Some("require") => PgSslMode::Require,
+        Some("verify-ca") => PgSslMode::VerifyCa,
+        Some("verify-full") => PgSslMode::VerifyFull,
+        Some(_) => {
+            return Err(invalid(
+                spec,
+                "the setting \"sslmode\" must be disable, prefer, require, verify-ca or verify-full",
+            ));
+        }
+    };
+    let mut options = PgConnectOptions::new_without_pgpass()
+        .host(setting(spec, "host")?)
+        .port(port)
+        .database(setting(spec, "database")?)
+        .username(setting(spec, "user")?)
+        .ssl_mode(ssl_mode);
+    if let Some(password) = spec.secrets.get("password") {
+        options = options.password(password.expose());
+    }
+    if let Some(pem) = spec.settings.get("ca_pem") {
+        options = options.ssl_root_cert_from_pem(pem.as_bytes().to_vec());
+    }
+    Ok(options)
+}
+
 fn setting<'a>(spec: &'a ConnectionSpec, name: &str) -> Result<&'a str, ErrorReport> {
     spec.settings
         .get(name)
@@ -119,7 +223,7 @@ fn setting<'a>(spec: &'a ConnectionSpec, name: &str) -> Result<&'a str, ErrorRep
 }
 
 /// The connection kinds this gateway reads from.
-const SOURCE_KINDS: &[&str] = &["sqlite"];
+const SOURCE_KINDS: &[&str] = &["sqlite", "postgres"];
 
 /// Tests a connection by opening it (and, for sources, listing its tables). A source's own
 /// error is reported as such, never masked by trying the spec as a target.
@@ -128,7 +232,7 @@ pub(crate) async fn test_connection(spec: &ConnectionSpec) -> Result<CommandOutc
         let source = open_source(spec).await?;
         source.discover().await.map_err(|e| source_error(&e))?;
     } else {
-        open_sink(spec)?;
+        open_sink(spec).await?;
     }
     Ok(CommandOutcome::ConnectionOk { server: None })
 }
@@ -220,7 +324,7 @@ async fn copy(
 ) -> Result<(u64, u64), ErrorReport> {
     let started = Instant::now();
     let source = open_source(&spec.source).await?;
-    let sink = open_sink(&spec.target)?;
+    let sink = open_sink(&spec.target).await?;
     let discovered = source.discover().await.map_err(|e| source_error(&e))?;
     let tables: Vec<String> = discovered
         .iter()
