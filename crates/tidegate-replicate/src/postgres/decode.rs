@@ -22,7 +22,7 @@ use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, ListArray, StringBuilder, StructArray, Time64MicrosecondBuilder,
+    Int64Array, Int64Builder, ListArray, StringArray, StructArray, Time64MicrosecondBuilder,
     TimestampMicrosecondBuilder, UInt32Builder,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
@@ -36,6 +36,9 @@ use crate::error::{Error, Result};
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Signature, flags word and header extension length.
 const HEADER_LEN: usize = 19;
+/// Builders are sized for up to this many rows up front, so they do not grow (copying what
+/// they hold) while a batch fills.
+const MAX_PREALLOCATED_ROWS: usize = 65_536;
 /// Days from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's).
 const EPOCH_DAYS: i32 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.
@@ -83,6 +86,7 @@ enum State {
 pub struct BinaryCopyDecoder {
     table: String,
     schema: SchemaRef,
+    types: Vec<PgType>,
     columns: Vec<ColumnDecoder>,
     state: State,
     /// An incomplete row (or header) carried over to the next input.
@@ -121,16 +125,17 @@ impl BinaryCopyDecoder {
         {
             return Err(Error::SchemaMismatch { table });
         }
-        let capacity = batch_rows.min(8192);
+        let capacity = batch_rows.min(MAX_PREALLOCATED_ROWS);
         let columns = schema
             .fields()
             .iter()
             .zip(types)
-            .map(|(field, pg_type)| ColumnDecoder::new(pg_type, field, capacity))
+            .map(|(field, pg_type)| ColumnDecoder::new(pg_type, field, capacity, capacity * 16))
             .collect();
         Ok(Self {
             table,
             schema,
+            types: types.to_vec(),
             columns,
             state: State::Header,
             pending: Vec::new(),
@@ -182,15 +187,26 @@ impl BinaryCopyDecoder {
         if self.rows == 0 {
             return Ok(None);
         }
-        let arrays = self
-            .columns
-            .iter_mut()
-            .map(ColumnDecoder::finish)
-            .collect::<Result<Vec<ArrayRef>, _>>()
-            .map_err(|source| Error::Arrow {
-                table: self.table.clone(),
-                source,
+        let mut arrays = Vec::with_capacity(self.columns.len());
+        let rows = self.rows.min(MAX_PREALLOCATED_ROWS);
+        for (index, column) in self.columns.iter_mut().enumerate() {
+            let array = column.finish().map_err(|error| match error {
+                FinishError::Value(reason) => Error::UnrepresentableValue {
+                    table: self.table.clone(),
+                    column: self.schema.field(index).name().clone(),
+                    reason,
+                },
+                FinishError::Arrow(source) => Error::Arrow {
+                    table: self.table.clone(),
+                    source,
+                },
             })?;
+            // The next batch is likely shaped like this one: size its builders to match.
+            let field = self.schema.field(index);
+            let data = array.get_buffer_memory_size();
+            *column = ColumnDecoder::new(&self.types[index], &Arc::new(field.clone()), rows, data);
+            arrays.push(array);
+        }
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(Arc::clone(&self.schema), arrays)
@@ -330,6 +346,28 @@ impl BinaryCopyDecoder {
 /// What is wrong with a value's binary form; never quotes the value.
 type ValueError = &'static str;
 
+const NOT_UTF8: ValueError = "text that is not valid UTF-8";
+
+/// Why a column's values could not become an array.
+#[derive(Debug)]
+enum FinishError {
+    /// A value (found only when the batch is validated in bulk).
+    Value(ValueError),
+    Arrow(arrow::error::ArrowError),
+}
+
+impl From<ValueError> for FinishError {
+    fn from(reason: ValueError) -> Self {
+        Self::Value(reason)
+    }
+}
+
+impl From<arrow::error::ArrowError> for FinishError {
+    fn from(error: arrow::error::ArrowError) -> Self {
+        Self::Arrow(error)
+    }
+}
+
 /// One column's builder and how it decodes values.
 #[derive(Debug)]
 enum ColumnDecoder {
@@ -345,8 +383,9 @@ enum ColumnDecoder {
         precision: u8,
         scale: i8,
     },
-    Text(StringBuilder),
-    Jsonb(StringBuilder),
+    /// Text is collected as bytes and validated as UTF-8 once per batch, in bulk.
+    Text(BinaryBuilder),
+    Jsonb(BinaryBuilder),
     Bytea(BinaryBuilder),
     Date(Date32Builder),
     Time(Time64MicrosecondBuilder),
@@ -370,7 +409,9 @@ enum ColumnDecoder {
 }
 
 impl ColumnDecoder {
-    fn new(pg_type: &PgType, field: &FieldRef, capacity: usize) -> Self {
+    /// A decoder with room for `capacity` values and, for variable-length types,
+    /// `data_capacity` bytes.
+    fn new(pg_type: &PgType, field: &FieldRef, capacity: usize, data_capacity: usize) -> Self {
         match pg_type {
             PgType::Bool => Self::Bool(BooleanBuilder::with_capacity(capacity)),
             PgType::Int2 => Self::Int2(Int16Builder::with_capacity(capacity)),
@@ -385,10 +426,10 @@ impl ColumnDecoder {
                 scale: *scale,
             },
             PgType::Text | PgType::Json => {
-                Self::Text(StringBuilder::with_capacity(capacity, capacity * 16))
+                Self::Text(BinaryBuilder::with_capacity(capacity, data_capacity))
             }
-            PgType::Jsonb => Self::Jsonb(StringBuilder::with_capacity(capacity, capacity * 16)),
-            PgType::Bytea => Self::Bytea(BinaryBuilder::with_capacity(capacity, capacity * 16)),
+            PgType::Jsonb => Self::Jsonb(BinaryBuilder::with_capacity(capacity, data_capacity)),
+            PgType::Bytea => Self::Bytea(BinaryBuilder::with_capacity(capacity, data_capacity)),
             PgType::Date => Self::Date(Date32Builder::with_capacity(capacity)),
             PgType::Time => Self::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
             PgType::Timestamp | PgType::TimestampTz => Self::Timestamp {
@@ -410,7 +451,7 @@ impl ColumnDecoder {
                     field: Arc::clone(element_field),
                     offsets: vec![0],
                     nulls: NullBufferBuilder::new(capacity),
-                    values: Box::new(Self::new(element, element_field, capacity)),
+                    values: Box::new(Self::new(element, element_field, capacity, data_capacity)),
                 }
             }
         }
@@ -461,9 +502,9 @@ impl ColumnDecoder {
                 precision,
                 scale,
             } => builder.append_value(numeric_to_i128(value, *precision, *scale)?),
-            Self::Text(builder) => builder.append_value(utf8(value)?),
+            Self::Text(builder) => builder.append_value(value),
             Self::Jsonb(builder) => match value.split_first() {
-                Some((1, json)) => builder.append_value(utf8(json)?),
+                Some((1, json)) => builder.append_value(json),
                 _ => return Err("a jsonb value not in binary format version 1"),
             },
             Self::Bytea(builder) => builder.append_value(value),
@@ -580,7 +621,7 @@ impl ColumnDecoder {
     }
 
     /// Takes the values appended so far as an array and starts over.
-    fn finish(&mut self) -> Result<ArrayRef, arrow::error::ArrowError> {
+    fn finish(&mut self) -> Result<ArrayRef, FinishError> {
         Ok(match self {
             Self::Bool(builder) => Arc::new(builder.finish()),
             Self::Int2(builder) => Arc::new(builder.finish()),
@@ -598,7 +639,9 @@ impl ColumnDecoder {
                     .finish()
                     .with_precision_and_scale(*precision, *scale)?,
             ),
-            Self::Text(builder) | Self::Jsonb(builder) => Arc::new(builder.finish()),
+            Self::Text(builder) | Self::Jsonb(builder) => {
+                Arc::new(StringArray::try_from_binary(builder.finish()).map_err(|_| NOT_UTF8)?)
+            }
             Self::Bytea(builder) => Arc::new(builder.finish()),
             Self::Date(builder) => Arc::new(builder.finish()),
             Self::Time(builder) => Arc::new(builder.finish()),
@@ -697,10 +740,6 @@ fn append_array(values: &mut ColumnDecoder, mut array: &[u8]) -> Result<usize, V
     }
 }
 
-fn utf8(value: &[u8]) -> Result<&str, ValueError> {
-    std::str::from_utf8(value).map_err(|_| "text that is not valid UTF-8")
-}
-
 fn be_i32(bytes: &[u8]) -> i32 {
     i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
@@ -731,42 +770,76 @@ fn numeric_to_i128(value: &[u8], precision: u8, scale: i8) -> Result<i128, Value
         _ => return Err(MALFORMED),
     };
     const OUT_OF_RANGE: ValueError = "a numeric beyond the column's declared precision and scale";
-    let mut mantissa: i128 = 0;
-    for digit in digits.chunks_exact(2) {
+    let Some((head, last)) = digits.split_last_chunk::<2>() else {
+        return Ok(0);
+    };
+    // value × 10^scale = Σ digit_i × 10^(4 × (weight − i) + scale). Only the last digit may
+    // reach below the scale, by at most three decimal places, and those must be zeros.
+    let last_exponent = 4 * (weight - (digit_count as i32 - 1)) + i32::from(scale);
+    let last = u64::from(u16::from_be_bytes(*last));
+    if last > 9999 {
+        return Err(MALFORMED);
+    }
+    let (last, last_width, tail) = match last_exponent {
+        0.. => (last, 4, last_exponent as u32),
+        -3..=-1 => {
+            let divisor = POW10[(-last_exponent) as usize] as u64;
+            if last % divisor != 0 {
+                return Err(OUT_OF_RANGE);
+            }
+            (last / divisor, (4 + last_exponent) as u32, 0)
+        }
+        _ => return Err(OUT_OF_RANGE),
+    };
+    // Machine words first (every numeric(p ≤ 18) fits), 128 bits only when they overflow.
+    let mut narrow = Some(0u64);
+    for digit in head.chunks_exact(2) {
         let digit = u16::from_be_bytes([digit[0], digit[1]]);
         if digit > 9999 {
             return Err(MALFORMED);
         }
-        mantissa = mantissa
-            .checked_mul(10_000)
-            .and_then(|m| m.checked_add(i128::from(digit)))
-            .ok_or(OUT_OF_RANGE)?;
+        narrow = narrow.and_then(|m| m.checked_mul(10_000)?.checked_add(u64::from(digit)));
     }
-    if mantissa != 0 {
-        // value = mantissa * 10000^(weight - digit_count + 1); we want value * 10^scale.
-        let exponent = 4 * (weight - digit_count as i32 + 1) + i32::from(scale);
-        if exponent >= 0 {
-            mantissa = pow10(exponent)
-                .and_then(|factor| mantissa.checked_mul(factor))
-                .ok_or(OUT_OF_RANGE)?;
-        } else {
-            let divisor = pow10(-exponent).ok_or(OUT_OF_RANGE)?;
-            if mantissa % divisor != 0 {
-                return Err(OUT_OF_RANGE);
+    let narrow = narrow.and_then(|m| {
+        m.checked_mul(POW10[last_width as usize] as u64)?
+            .checked_add(last)?
+            .checked_mul(u64::try_from(*POW10.get(tail as usize)?).ok()?)
+    });
+    let magnitude = match narrow {
+        Some(magnitude) => u128::from(magnitude),
+        None => {
+            let mut wide = 0u128;
+            for digit in head.chunks_exact(2) {
+                let digit = u16::from_be_bytes([digit[0], digit[1]]);
+                wide = wide
+                    .checked_mul(10_000)
+                    .and_then(|m| m.checked_add(u128::from(digit)))
+                    .ok_or(OUT_OF_RANGE)?;
             }
-            mantissa /= divisor;
+            wide.checked_mul(POW10[last_width as usize])
+                .and_then(|m| m.checked_add(u128::from(last)))
+                .and_then(|m| m.checked_mul(*POW10.get(tail as usize)?))
+                .ok_or(OUT_OF_RANGE)?
         }
-        let limit = pow10(i32::from(precision)).ok_or(OUT_OF_RANGE)?;
-        if mantissa >= limit {
-            return Err(OUT_OF_RANGE);
-        }
+    };
+    if magnitude >= POW10[usize::from(precision).min(38)] {
+        return Err(OUT_OF_RANGE);
     }
-    Ok(if negative { -mantissa } else { mantissa })
+    // Below 10^38, so it fits.
+    let magnitude = magnitude as i128;
+    Ok(if negative { -magnitude } else { magnitude })
 }
 
-fn pow10(exponent: i32) -> Option<i128> {
-    10i128.checked_pow(u32::try_from(exponent).ok()?)
-}
+/// Powers of ten that fit in 128 bits: `POW10[n] == 10^n`.
+const POW10: [u128; 39] = {
+    let mut table = [1u128; 39];
+    let mut n = 1;
+    while n < 39 {
+        table[n] = table[n - 1] * 10;
+        n += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
