@@ -203,7 +203,8 @@ impl BinaryCopyDecoder {
             })?;
             // The next batch is likely shaped like this one: size its builders to match.
             let field = self.schema.field(index);
-            let data = array.get_buffer_memory_size();
+            let data = value_bytes(&array).unwrap_or(rows * 16);
+            let data = data + data / 8;
             *column = ColumnDecoder::new(&self.types[index], &Arc::new(field.clone()), rows, data);
             arrays.push(array);
         }
@@ -697,6 +698,16 @@ impl ColumnDecoder {
                 )?)
             }
         })
+    }
+}
+
+/// The bytes of values a string or binary array holds (not its offsets or spare capacity).
+fn value_bytes(array: &ArrayRef) -> Option<usize> {
+    use arrow::array::AsArray;
+    match array.data_type() {
+        arrow::datatypes::DataType::Utf8 => Some(array.as_string::<i32>().values().len()),
+        arrow::datatypes::DataType::Binary => Some(array.as_binary::<i32>().values().len()),
+        _ => None,
     }
 }
 
