@@ -82,7 +82,8 @@ pub struct StoreTarget {
     pub prefix: Path,
 }
 
-/// Opens the object store a URL names; see the [module documentation](self).
+/// Opens the object store a URL names: `file:///dir`, `s3://bucket/prefix`, and with their
+/// features `gs://bucket/prefix` and `az://container/prefix`.
 ///
 /// The prefix must be a clean relative path: `..` and `.` segments, empty segments and
 /// backslashes are refused, so a configured prefix can never point outside its bucket or
