@@ -200,3 +200,83 @@ async fn postgres_to_postgres_through_a_gateway() {
     assert!(!error.contains("wrong-password-canary"), "{error}");
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_resumes_redoing_only_unfinished_tables() {
+    let harness = Harness::start().await;
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("src").unwrap();
+    pg.create_database("dst").unwrap();
+    // `a_good` is small and done long before `b_bad` reaches its last row, which has no
+    // Arrow form.
+    pg.execute(
+        "src",
+        "CREATE TABLE a_good (id int); INSERT INTO a_good SELECT generate_series(1, 100);
+         CREATE TABLE b_bad (id int, d date);
+         INSERT INTO b_bad SELECT g, '2020-01-01' FROM generate_series(1, 200000) g;
+         INSERT INTO b_bad VALUES (200001, 'infinity');",
+    )
+    .unwrap();
+    let (gateway_id, config, identity) = harness.enrolled("gw").await;
+    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
+    common::wait_for(|| harness.gateway(&gateway_id).online).await;
+
+    let run = run_task(
+        &harness,
+        &gateway_id,
+        postgres_connection(&pg, "src"),
+        postgres_connection(&pg, "dst"),
+    )
+    .await;
+    assert_eq!(run["state"], json!("Failed"), "{run}");
+    assert!(run["error"].to_string().contains("b_bad"), "{run}");
+    assert_eq!(
+        run["tables"]["public.a_good"]["state"],
+        json!("Done"),
+        "{run}"
+    );
+    let good_oid = pg.execute("dst", "SELECT 'a_good'::regclass::oid").unwrap();
+    assert_eq!(
+        pg.execute("dst", "SELECT to_regclass('b_bad') IS NULL")
+            .unwrap()
+            .trim(),
+        "t",
+        "no partial b_bad"
+    );
+
+    // Only a failed or stopped run resumes.
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    pg.execute("src", "UPDATE b_bad SET d = '2021-01-01' WHERE id = 200001")
+        .unwrap();
+    let resumed = harness
+        .api
+        .post(&format!("/api/v1/runs/{run_id}/resume"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(resumed["id"], json!(run_id));
+    let run = harness.wait_run_end(&run_id).await;
+    assert_eq!(run["state"], json!("Completed"), "{run}");
+    let error = harness
+        .api
+        .post(&format!("/api/v1/runs/{run_id}/resume"), json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("409"), "{error}");
+
+    assert_eq!(
+        pg.execute("dst", "SELECT 'a_good'::regclass::oid").unwrap(),
+        good_oid,
+        "the finished table was not copied again"
+    );
+    assert_eq!(
+        pg.execute("dst", "SELECT count(*) FROM b_bad")
+            .unwrap()
+            .trim(),
+        "200001"
+    );
+    gateway.shutdown().await;
+}

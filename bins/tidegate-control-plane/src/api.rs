@@ -19,7 +19,8 @@ use tidegate_metadata::{
     TaskState, validate_name,
 };
 use tidegate_proto::{
-    Command, CommandOutcome, ConnectionSpec, SecretMap, SecretString, TaskKind, TaskSpec,
+    Command, CommandOutcome, ConnectionSpec, SecretMap, SecretString, TableState, TaskKind,
+    TaskSpec,
 };
 use tidegate_rbac::{Action, Resource};
 
@@ -51,6 +52,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/tasks/{id}/runs", post(start_run))
         .route("/api/v1/tasks/{id}/stop", post(stop_task))
         .route("/api/v1/runs/{id}", get(get_run))
+        .route("/api/v1/runs/{id}/resume", post(resume_run))
         .route("/v1/gateway/connect", get(gateway_connect))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -476,16 +478,62 @@ async fn start_run(
         error: None,
         started_s: tidegate_auth::now_s(),
     };
+    shared.store.insert_run(run.clone());
+    send_start(&shared, &task, &run.id, Vec::new()).await?;
+    Ok((StatusCode::CREATED, Json(shared.store.run(&run.id)?)))
+}
+
+/// Resumes a failed or stopped run under the same run id: tables it finished (their output is
+/// committed) are skipped, every other table is copied again from the start, replacing what
+/// the interrupted attempt left.
+async fn resume_run(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TaskRun>), ApiError> {
+    authorize(&shared, &headers, Resource::Task, Action::Operate).await?;
+    let run = shared.store.run(&id)?;
+    if !matches!(run.state, TaskState::Failed | TaskState::Stopped) {
+        return Err(ApiError::conflict(format!(
+            "only a failed or stopped run can be resumed; this one is {:?}",
+            run.state
+        )));
+    }
+    let task = shared.store.task(&run.task_id)?;
+    if !shared.store.active_runs(&task.id).is_empty() {
+        return Err(ApiError::conflict("the task is already running"));
+    }
+    let completed: Vec<String> = run
+        .tables
+        .iter()
+        .filter(|(_, table)| table.state == TableState::Done)
+        .map(|(name, _)| name.clone())
+        .collect();
+    shared.store.update_run(&id, |r| {
+        r.state = TaskState::Starting;
+        r.error = None;
+    })?;
+    send_start(&shared, &task, &id, completed).await?;
+    Ok((StatusCode::ACCEPTED, Json(shared.store.run(&id)?)))
+}
+
+/// Sends the start command of run `run_id` to the task's gateway; marks the run failed if the
+/// gateway does not accept it.
+async fn send_start(
+    shared: &Shared,
+    task: &DataTask,
+    run_id: &str,
+    completed_tables: Vec<String>,
+) -> Result<(), ApiError> {
     let command = Command::StartTask(TaskSpec {
         task_id: task.id.clone(),
-        run_id: run.id.clone(),
+        run_id: run_id.to_owned(),
         kind: TaskKind::FullLoad,
         source: spec(shared.store.connection(&task.source_id)?),
         target: spec(shared.store.connection(&task.target_id)?),
         tables: task.tables.clone(),
-        completed_tables: Vec::new(),
+        completed_tables,
     });
-    shared.store.insert_run(run.clone());
     let result = shared
         .sessions
         .command(&task.gateway_id, command, COMMAND_TIMEOUT)
@@ -499,7 +547,7 @@ async fn start_run(
         Err(e) => Some(e),
     };
     if let Some(message) = failure {
-        let _ = shared.store.update_run(&run.id, |r| {
+        let _ = shared.store.update_run(run_id, |r| {
             r.state = TaskState::Failed;
             r.error = Some(message.clone());
         });
@@ -507,7 +555,7 @@ async fn start_run(
             "the run could not start: {message}"
         )));
     }
-    Ok((StatusCode::CREATED, Json(shared.store.run(&run.id)?)))
+    Ok(())
 }
 
 async fn stop_task(
