@@ -6,7 +6,8 @@
 //!   a forgery) and never panic.
 //! * 1 — the payload sealed as plaintext with the right key, as from a peer that holds the
 //!   channel keys but sends garbage: `open_frame` must agree with `decode_exact` on the
-//!   plaintext and check the sequence number.
+//!   plaintext, check the sequence number, and leave the plaintext buffer zeroed whenever the
+//!   payload could hold credentials or did not decode.
 //! * 2 — a valid sealed frame, XORed with the payload (after a first byte that may cut it
 //!   short): it opens to the original message if and only if no byte changed.
 //!
@@ -17,6 +18,7 @@
 
 #![no_main]
 
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tidegate_channel::{ChannelBinding, Handshake, Opener, Role, Sealer};
 use tidegate_link::{open_frame, seal_frame};
@@ -45,18 +47,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let codec = FrameCodec::default();
     let (mut sealer, mut opener) = channel();
+    // A receive buffer that held an earlier frame, as a link's does.
+    let mut plaintext = vec![0xa5; 64];
     match mode % 3 {
         0 => {
-            let mut forged = payload.to_vec();
             assert!(
-                open_frame(&codec, &mut opener, SEQ, &mut forged).is_err(),
+                open_frame(&codec, &mut opener, SEQ, payload, &mut plaintext).is_err(),
                 "an unsealed frame opened"
             );
         }
         1 => {
             let mut sealed = Vec::new();
             sealer.seal(payload, &mut sealed).expect("first counter");
-            let opened = open_frame(&codec, &mut opener, SEQ, &mut sealed);
+            let opened = open_frame(&codec, &mut opener, SEQ, &sealed, &mut plaintext);
             // A plaintext that can hold credentials (a command) or did not decode is wiped,
             // whatever else is wrong with it (a wrong sequence number, say).
             let must_wipe = codec
@@ -69,8 +72,14 @@ fuzz_target!(|data: &[u8]| {
                 _ => assert!(opened.is_err(), "an invalid frame opened"),
             }
             if must_wipe {
+                // Wiped in place: the length stays, so the check sees every byte opened.
+                assert_eq!(
+                    plaintext.len(),
+                    payload.len(),
+                    "plaintext buffer not as opened"
+                );
                 assert!(
-                    sealed.iter().all(|&b| b == 0),
+                    plaintext.iter().all(|&b| b == 0),
                     "plaintext that may hold credentials left in the buffer"
                 );
             }
@@ -88,8 +97,10 @@ fuzz_target!(|data: &[u8]| {
                     }),
                 })
             };
-            let original = seal_frame(&codec, &mut sealer, SEQ, &message).expect("seals");
-            let mut frame = original.clone();
+            let mut scratch = BytesMut::new();
+            let original =
+                seal_frame(&codec, &mut sealer, SEQ, &message, &mut scratch).expect("seals");
+            let mut frame = original.to_vec();
             let (cut, mask) = payload.split_first().map_or((0, payload), |(c, m)| (*c, m));
             if cut != 0 {
                 frame.truncate(usize::from(cut) % frame.len());
@@ -101,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             let changed = frame != original;
-            let opened = open_frame(&codec, &mut opener, SEQ, &mut frame);
+            let opened = open_frame(&codec, &mut opener, SEQ, &frame, &mut plaintext);
             if changed {
                 assert!(opened.is_err(), "a tampered frame opened");
             } else {

@@ -263,32 +263,39 @@ impl Sealer {
     /// Seals `plaintext` and appends the sealed frame (counter, ciphertext, tag) to `out`.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let start = out.len();
+        out.reserve(plaintext.len() + OVERHEAD);
         out.extend_from_slice(&[0; HEADER_LEN]);
         out.extend_from_slice(plaintext);
-        self.seal_in_place(out, start)
+        out.extend_from_slice(&[0; TAG_LEN]);
+        let result = self.seal_in_place(&mut out[start..]);
+        if result.is_err() {
+            out[start..].zeroize();
+            out.truncate(start);
+        }
+        result
     }
 
-    /// Seals in place: `buf[start..start + HEADER_LEN]` is reserved for the header and the
-    /// plaintext follows it to the end of `buf`; the tag is appended. This avoids copying large
-    /// frames: encode straight after a reserved header, then seal.
-    pub fn seal_in_place(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), Error> {
-        if buf.len() < start + HEADER_LEN {
-            return Err(Error::Truncated {
-                len: buf.len().saturating_sub(start),
-            });
+    /// Seals in place, in any buffer: `frame` is [`HEADER_LEN`] bytes of room for the header,
+    /// the plaintext, and [`TAG_LEN`] bytes of room for the tag. The header and tag are written
+    /// and the plaintext is encrypted where it lies, so a frame encoded straight into its final
+    /// buffer is never copied.
+    pub fn seal_in_place(&mut self, frame: &mut [u8]) -> Result<(), Error> {
+        if frame.len() < OVERHEAD {
+            return Err(Error::Truncated { len: frame.len() });
         }
         let counter = self.state.counter;
         let next = counter.checked_add(1).ok_or(Error::CounterExhausted)?;
         let nonce = self.state.nonce(counter);
         let aad = self.state.aad(counter);
-        buf[start..start + HEADER_LEN].copy_from_slice(&counter.to_be_bytes());
-        let body = &mut buf[start + HEADER_LEN..];
+        let (header, rest) = frame.split_at_mut(HEADER_LEN);
+        let (body, tag_room) = rest.split_at_mut(rest.len() - TAG_LEN);
+        header.copy_from_slice(&counter.to_be_bytes());
         let tag = self
             .state
             .cipher
             .encrypt_inout_detached(&nonce, &aad, InOutBuf::from(body))
             .map_err(|_| Error::Tampered)?;
-        buf.extend_from_slice(&tag);
+        tag_room.copy_from_slice(&tag);
         self.state.counter = next;
         Ok(())
     }
@@ -318,28 +325,14 @@ impl std::fmt::Debug for Opener {
 impl Opener {
     /// Opens a sealed frame in place and returns its plaintext, a sub-slice of `sealed`.
     ///
-    /// Any error poisons the opener: every later call fails with [`Error::Poisoned`].
+    /// Any error poisons the opener: every later call fails with [`Error::Poisoned`]. A frame
+    /// that fails authentication leaves zeros where its plaintext would have been.
     pub fn open<'a>(&mut self, sealed: &'a mut [u8]) -> Result<&'a [u8], Error> {
-        if self.poisoned {
-            return Err(Error::Poisoned);
-        }
-        self.poisoned = true;
-        if sealed.len() < OVERHEAD {
-            return Err(Error::Truncated { len: sealed.len() });
-        }
-        let (header, rest) = sealed.split_at_mut(HEADER_LEN);
-        let mut counter_bytes = [0u8; 8];
-        counter_bytes.copy_from_slice(header);
-        let got = u64::from_be_bytes(counter_bytes);
-        let expected = self.state.counter;
-        if got != expected {
-            return Err(Error::OutOfOrder { expected, got });
-        }
-        let next = expected.checked_add(1).ok_or(Error::CounterExhausted)?;
-        let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        let (counter, next) = self.check(sealed)?;
+        let body_len = sealed.len() - OVERHEAD;
+        let (body, tag) = sealed[HEADER_LEN..].split_at_mut(body_len);
         let tag = Tag::try_from(&*tag).map_err(|_| Error::Tampered)?;
-        let nonce = self.state.nonce(expected);
-        let aad = self.state.aad(expected);
+        let (nonce, aad) = (self.state.nonce(counter), self.state.aad(counter));
         if self
             .state
             .cipher
@@ -350,9 +343,60 @@ impl Opener {
             body.zeroize();
             return Err(Error::Tampered);
         }
+        self.accept(counter, next);
+        Ok(body)
+    }
+
+    /// Opens a sealed frame into `plaintext`, which is resized to the plaintext's length (only
+    /// the part it grows by is zeroed first) and reuses its allocation: a receiver keeps one
+    /// buffer for every frame and never copies the sealed bytes, which can then stay shared
+    /// and immutable.
+    ///
+    /// The tag is checked before any byte is decrypted: a frame that fails authentication
+    /// writes no plaintext (what `plaintext` held before may remain). Any error poisons the
+    /// opener: every later call fails with [`Error::Poisoned`].
+    pub fn open_into(&mut self, sealed: &[u8], plaintext: &mut Vec<u8>) -> Result<(), Error> {
+        let (counter, next) = self.check(sealed)?;
+        let (body, tag) = sealed[HEADER_LEN..].split_at(sealed.len() - OVERHEAD);
+        let tag = Tag::try_from(tag).map_err(|_| Error::Tampered)?;
+        let (nonce, aad) = (self.state.nonce(counter), self.state.aad(counter));
+        plaintext.resize(body.len(), 0);
+        let buf = InOutBuf::new(body, plaintext).map_err(|_| Error::Tampered)?;
+        self.state
+            .cipher
+            .decrypt_inout_detached(&nonce, &aad, buf, &tag)
+            .map_err(|_| Error::Tampered)?;
+        self.accept(counter, next);
+        Ok(())
+    }
+
+    /// Poisons the opener, then checks what can be checked before decrypting: not poisoned,
+    /// long enough, the expected counter, not the last one. Returns the counter and the one
+    /// after it.
+    fn check(&mut self, sealed: &[u8]) -> Result<(u64, u64), Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        self.poisoned = true;
+        if sealed.len() < OVERHEAD {
+            return Err(Error::Truncated { len: sealed.len() });
+        }
+        let mut counter_bytes = [0u8; 8];
+        counter_bytes.copy_from_slice(&sealed[..HEADER_LEN]);
+        let got = u64::from_be_bytes(counter_bytes);
+        let expected = self.state.counter;
+        if got != expected {
+            return Err(Error::OutOfOrder { expected, got });
+        }
+        let next = expected.checked_add(1).ok_or(Error::CounterExhausted)?;
+        Ok((expected, next))
+    }
+
+    /// Records that frame `counter` opened: the next one must carry `next`.
+    fn accept(&mut self, counter: u64, next: u64) {
+        debug_assert_eq!(self.state.counter, counter);
         self.state.counter = next;
         self.poisoned = false;
-        Ok(body)
     }
 
     /// The counter the next frame must carry.
@@ -498,12 +542,42 @@ mod tests {
     }
 
     #[test]
+    fn open_into_reuses_one_buffer_and_writes_nothing_unauthenticated() {
+        let ((mut gs, _), (_, mut co)) = pair([4; 32], [4; 32]);
+        let mut plain = Vec::new();
+        for len in [100, 5000, 0, 17, 5000] {
+            let msg: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            co.open_into(&seal(&mut gs, &msg), &mut plain).unwrap();
+            assert_eq!(plain, msg, "{len} bytes");
+        }
+        let mut tampered = seal(&mut gs, &[9; 64]);
+        tampered[HEADER_LEN] ^= 1;
+        let mut plain = vec![0u8; 64];
+        assert!(matches!(
+            co.open_into(&tampered, &mut plain),
+            Err(Error::Tampered)
+        ));
+        assert_eq!(plain, [0; 64], "plaintext of a forged frame was written");
+        let mut next = seal(&mut gs, b"after");
+        assert!(matches!(
+            co.open_into(&next, &mut plain),
+            Err(Error::Poisoned)
+        ));
+        assert!(matches!(co.open(&mut next), Err(Error::Poisoned)));
+    }
+
+    #[test]
     fn seal_in_place_matches_seal() {
         let ((mut gs, _), (_, mut co)) = pair([3; 32], [3; 32]);
         let mut buf = vec![0u8; HEADER_LEN];
         buf.extend_from_slice(b"in place");
-        gs.seal_in_place(&mut buf, 0).unwrap();
-        assert_eq!(buf.len(), b"in place".len() + OVERHEAD);
+        buf.extend_from_slice(&[0; TAG_LEN]);
+        gs.seal_in_place(&mut buf).unwrap();
         assert_eq!(co.open(&mut buf).unwrap(), b"in place");
+        let mut short = [0u8; OVERHEAD - 1];
+        assert!(matches!(
+            gs.seal_in_place(&mut short),
+            Err(Error::Truncated { len }) if len == OVERHEAD - 1
+        ));
     }
 }

@@ -27,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tidegate_channel::{ChannelBinding, Handshake, Opener, Role, Sealer};
+use tidegate_channel::{HEADER_LEN as SEALED_HEADER_LEN, TAG_LEN};
 use tidegate_proto::{
     FrameCodec, Hello, Message, ProtocolVersion, Refusal, RefusalReason, Welcome,
 };
@@ -388,6 +389,12 @@ pub struct Link<T> {
     receiver: LinkReceiver<T>,
 }
 
+/// Each half of a link keeps one buffer for the frames it seals or opens, so that steady
+/// traffic allocates nothing. A frame larger than this (a rare large schema, say) lets its
+/// buffer go afterwards rather than holding up to the maximum frame length for the life of
+/// the link.
+const RETAINED_BUFFER_LEN: usize = 256 << 10;
+
 impl<T: Transport> Link<T> {
     fn new(transport: T, codec: FrameCodec, sealer: Sealer, opener: Opener) -> Self {
         let (sink, stream) = transport.split();
@@ -397,12 +404,14 @@ impl<T: Transport> Link<T> {
                 codec,
                 sealer,
                 seq: 1,
+                scratch: BytesMut::new(),
             },
             receiver: LinkReceiver {
                 stream,
                 codec,
                 opener,
                 seq: 1,
+                plaintext: Vec::new(),
             },
         }
     }
@@ -429,6 +438,9 @@ pub struct LinkSender<T> {
     codec: FrameCodec,
     sealer: Sealer,
     seq: u64,
+    /// Where frames are encoded and sealed; its allocation comes back once the transport has
+    /// dropped the last frame sent. Holds only ciphertext between sends.
+    scratch: BytesMut,
 }
 
 impl<T> std::fmt::Debug for LinkSender<T> {
@@ -444,9 +456,18 @@ impl<T: Transport> LinkSender<T> {
     ///
     /// Not cancel-safe: a cancelled send may have consumed a sequence number; close the link.
     pub async fn send(&mut self, message: &Message) -> Result<(), Error> {
-        let buf = seal_frame(&self.codec, &mut self.sealer, self.seq, message)?;
+        let frame = seal_frame(
+            &self.codec,
+            &mut self.sealer,
+            self.seq,
+            message,
+            &mut self.scratch,
+        )?;
         self.seq += 1;
-        self.sink.send(Bytes::from(buf)).await?;
+        if frame.len() > RETAINED_BUFFER_LEN {
+            self.scratch = BytesMut::new();
+        }
+        self.sink.send(frame).await?;
         Ok(())
     }
 
@@ -457,43 +478,55 @@ impl<T: Transport> LinkSender<T> {
     }
 }
 
-/// Encodes `message` as frame `seq` and seals it in place, without an intermediate copy.
+/// Encodes `message` as frame `seq` and seals it, returning the sealed frame to send.
+///
+/// The frame is encoded straight into `scratch` behind room for the sealed header, encrypted
+/// where it lies and split off: its bytes are written once and never copied. Keep `scratch`
+/// from one call to the next and its allocation is reused as soon as the frame returned
+/// before (and every clone of it) has been dropped; what it held is discarded. On error,
+/// nothing of the message is left in it.
 pub fn seal_frame(
     codec: &FrameCodec,
     sealer: &mut Sealer,
     seq: u64,
     message: &Message,
-) -> Result<Vec<u8>, Error> {
-    // Room for the sealed header, the frame and the tag: sealing appends nothing that would
-    // make the buffer grow and copy.
-    let mut buf = vec![0u8; tidegate_channel::HEADER_LEN];
-    if let Err(e) = codec.encode_with_slack(seq, message, &mut buf, tidegate_channel::TAG_LEN) {
-        buf.zeroize();
+    scratch: &mut BytesMut,
+) -> Result<Bytes, Error> {
+    scratch.clear();
+    codec.encode_with_room(seq, message, scratch, SEALED_HEADER_LEN, TAG_LEN)?;
+    if let Err(e) = sealer.seal_in_place(scratch) {
+        scratch.as_mut().zeroize();
+        scratch.clear();
         return Err(e.into());
     }
-    sealer.seal_in_place(&mut buf, 0)?;
-    Ok(buf)
+    Ok(scratch.split().freeze())
 }
 
-/// Opens a sealed frame in place, decodes it and checks its sequence number. A plaintext that
-/// can hold credentials (a command, or anything that failed to decode) is wiped from `sealed`
-/// afterwards; status and progress frames, which never hold any, are not (the volatile wipe of
-/// a large frame would cost as much as decrypting it).
+/// Opens a sealed frame into `plaintext`, decodes it and checks its sequence number.
+///
+/// `sealed` is only read, so it can stay the shared buffer the transport delivered;
+/// `plaintext`'s contents are replaced and its allocation is reused, so a receiver keeping it
+/// from frame to frame allocates nothing but the message itself. A plaintext that can hold
+/// credentials (a command), or a frame that failed to open or decode, is then wiped: every
+/// byte of `plaintext` is zeroed, its length kept. Status and progress frames, which never
+/// hold credentials, are not wiped (the volatile wipe of a large frame would cost as much as
+/// decrypting it): theirs is the only plaintext `plaintext`'s allocation ever keeps.
 pub fn open_frame(
     codec: &FrameCodec,
     opener: &mut Opener,
     expected_seq: u64,
-    sealed: &mut [u8],
+    sealed: &[u8],
+    plaintext: &mut Vec<u8>,
 ) -> Result<Message, Error> {
     let result = opener
-        .open(sealed)
+        .open_into(sealed, plaintext)
         .map_err(Error::from)
-        .and_then(|plain| codec.decode_exact(plain).map_err(Error::from));
+        .and_then(|()| codec.decode_exact(plaintext).map_err(Error::from));
     if result
         .as_ref()
         .map_or(true, |frame| frame.message.may_carry_secrets())
     {
-        sealed.zeroize();
+        plaintext.as_mut_slice().zeroize();
     }
     let frame = result?;
     expect_seq(expected_seq, frame.seq)?;
@@ -506,6 +539,9 @@ pub struct LinkReceiver<T> {
     codec: FrameCodec,
     opener: Opener,
     seq: u64,
+    /// Where frames are opened. [`open_frame`] wipes what could hold credentials, so between
+    /// receives it holds at most status and progress plaintext.
+    plaintext: Vec<u8>,
 }
 
 impl<T> std::fmt::Debug for LinkReceiver<T> {
@@ -521,9 +557,18 @@ impl<T: Transport> LinkReceiver<T> {
     ///
     /// Cancel-safe: if the future is dropped before a message arrived, no message is lost.
     pub async fn recv(&mut self) -> Result<Message, Error> {
-        let bytes = next_message(&mut self.stream).await?;
-        let mut buf = BytesMut::from(bytes);
-        let message = open_frame(&self.codec, &mut self.opener, self.seq, &mut buf)?;
+        let sealed = next_message(&mut self.stream).await?;
+        let result = open_frame(
+            &self.codec,
+            &mut self.opener,
+            self.seq,
+            &sealed,
+            &mut self.plaintext,
+        );
+        if self.plaintext.capacity() > RETAINED_BUFFER_LEN {
+            self.plaintext = Vec::new();
+        }
+        let message = result?;
         self.seq += 1;
         Ok(message)
     }
@@ -567,4 +612,129 @@ fn random_nonce() -> [u8; 32] {
     // connection's keys unique; a failing random source would only remove that margin.
     let _ = getrandom::fill(&mut nonce);
     nonce
+}
+
+#[cfg(test)]
+mod tests {
+    use tidegate_proto::{
+        Command, CommandId, ErrorCode, ErrorReport, Goodbye, TaskState, TaskStatus,
+    };
+
+    use super::*;
+
+    fn channel() -> (Sealer, Opener) {
+        let gateway = Handshake::new(Role::Gateway);
+        let control = Handshake::new(Role::ControlPlane);
+        let (g_pub, c_pub) = (gateway.public_key(), control.public_key());
+        let binding = ChannelBinding::new([3; 32]);
+        let (sealer, _) = gateway.finish(&c_pub, &binding, b"t").unwrap();
+        let (_, opener) = control.finish(&g_pub, &binding, b"t").unwrap();
+        (sealer, opener)
+    }
+
+    fn goodbye(len: usize) -> Message {
+        Message::Goodbye(Goodbye {
+            reason: "abcdefghijklmnopqrstuvwxyz0123456789".repeat(len / 36 + 1)[..len].to_string(),
+        })
+    }
+
+    #[test]
+    fn frames_of_growing_and_shrinking_sizes_reuse_both_buffers() {
+        let codec = FrameCodec::default();
+        let (mut sealer, mut opener) = channel();
+        let (mut scratch, mut plaintext) = (BytesMut::new(), Vec::new());
+        let sizes = [0, 1, 2047, 2048, 2049, 70_000, 10, 300_000, 5, 70_000];
+        for (seq, len) in (1..).zip(sizes) {
+            let message = goodbye(len);
+            let sealed = seal_frame(&codec, &mut sealer, seq, &message, &mut scratch).unwrap();
+            let opened = open_frame(&codec, &mut opener, seq, &sealed, &mut plaintext).unwrap();
+            assert_eq!(opened, message, "message of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn the_scratch_allocation_comes_back_once_the_frame_is_dropped() {
+        let codec = FrameCodec::default();
+        let (mut sealer, mut opener) = channel();
+        let mut scratch = BytesMut::new();
+        let message = goodbye(1000);
+        let first = seal_frame(&codec, &mut sealer, 1, &message, &mut scratch).unwrap();
+        let first_at = first.as_ptr();
+        // While the transport still holds a frame, the next one goes elsewhere.
+        let second = seal_frame(&codec, &mut sealer, 2, &message, &mut scratch).unwrap();
+        assert_ne!(second.as_ptr(), first_at);
+        let mut plaintext = Vec::new();
+        for (seq, sealed) in [(1, first), (2, second)] {
+            let opened = open_frame(&codec, &mut opener, seq, &sealed, &mut plaintext).unwrap();
+            assert_eq!(opened, message);
+        }
+        let third = seal_frame(&codec, &mut sealer, 3, &message, &mut scratch).unwrap();
+        let third_at = third.as_ptr();
+        drop(third);
+        let fourth = seal_frame(&codec, &mut sealer, 4, &message, &mut scratch).unwrap();
+        assert_eq!(
+            fourth.as_ptr(),
+            third_at,
+            "the dropped frame's allocation was not reused"
+        );
+    }
+
+    #[test]
+    fn plaintext_that_may_hold_credentials_or_did_not_open_is_wiped() {
+        let codec = FrameCodec::default();
+        let command = Message::Command {
+            id: CommandId(1),
+            command: Command::StopTask {
+                task_id: "t".into(),
+            },
+        };
+        let status = Message::TaskStatus(TaskStatus {
+            task_id: "t".into(),
+            run_id: "r".into(),
+            state: TaskState::Failed,
+            error: Some(ErrorReport {
+                code: ErrorCode::Source,
+                message: "table \"main\".\"t\": gone".into(),
+                retryable: true,
+            }),
+        });
+        type Tamper = fn(&mut Vec<u8>);
+        let cases: [(&str, &Message, Tamper, bool); 4] = [
+            ("status", &status, |_| {}, false),
+            ("command", &command, |_| {}, true),
+            ("tampered status", &status, |f| f[10] ^= 1, true),
+            (
+                "status under a wrong sequence number",
+                &status,
+                |_| {},
+                false,
+            ),
+        ];
+        for (name, message, tamper, wiped) in cases {
+            let (mut sealer, mut opener) = channel();
+            let mut scratch = BytesMut::new();
+            let mut sealed = seal_frame(&codec, &mut sealer, 1, message, &mut scratch)
+                .unwrap()
+                .to_vec();
+            tamper(&mut sealed);
+            let expected_seq = if name.contains("wrong sequence") {
+                2
+            } else {
+                1
+            };
+            let mut plaintext = vec![0xaa; 16];
+            let opened = open_frame(&codec, &mut opener, expected_seq, &sealed, &mut plaintext);
+            let all_zero = plaintext.iter().all(|&b| b == 0);
+            assert!(!plaintext.is_empty(), "{name}: wiped by emptying");
+            assert_eq!(
+                all_zero, wiped,
+                "{name}: wiped {all_zero}, expected {wiped}"
+            );
+            assert_eq!(
+                opened.is_ok(),
+                name == "status" || name == "command",
+                "{name}"
+            );
+        }
+    }
 }

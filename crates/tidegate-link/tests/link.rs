@@ -15,7 +15,7 @@ use tidegate_channel::ChannelBinding;
 use tidegate_link::{
     Admission, ControlPlaneHandshake, Error, GatewayHandshake, LinkConfig, TransportError,
 };
-use tidegate_proto::{Heartbeat, Message, ProtocolVersion, RefusalReason};
+use tidegate_proto::{Goodbye, Heartbeat, Message, ProtocolVersion, RefusalReason};
 
 /// One end of a bidirectional in-memory pipe of whole messages.
 struct Pipe {
@@ -87,6 +87,32 @@ async fn handshake_then_sealed_messages_both_ways() {
         assert_eq!(cp.recv().await.unwrap(), m);
         cp.send(&m).await.unwrap();
         assert_eq!(gw.recv().await.unwrap(), m);
+    }
+}
+
+#[tokio::test]
+async fn messages_small_and_large_cross_in_both_directions() {
+    let (g, c) = pipe();
+    let b = ChannelBinding::new([5; 32]);
+    let (gw, cp) = tokio::join!(
+        GatewayHandshake::new(config(1, 1), "test").run(g, &b),
+        ControlPlaneHandshake::new(config(1, 1)).run(c, &b, admit),
+    );
+    let (mut gw, _) = gw.unwrap();
+    let (mut cp, _, _) = cp.unwrap();
+    // Above and below the size whose buffers a link keeps, and back.
+    for len in [0, 3_000, 70_000, 400_000, 12, 900_000, 70_000, 1] {
+        let m = Message::Goodbye(Goodbye {
+            reason: "tide".repeat(len / 4),
+        });
+        gw.send(&m).await.unwrap();
+        assert_eq!(
+            cp.recv().await.unwrap(),
+            m,
+            "{len} bytes to the control plane"
+        );
+        cp.send(&m).await.unwrap();
+        assert_eq!(gw.recv().await.unwrap(), m, "{len} bytes to the gateway");
     }
 }
 

@@ -32,7 +32,8 @@ mod secret;
 
 // The public interface.
 pub use codec::{
-    DEFAULT_MAX_FRAME_LEN, Error, FORMAT_VERSION, Frame, FrameCodec, HARD_MAX_FRAME_LEN, HEADER_LEN,
+    DEFAULT_MAX_FRAME_LEN, Error, FORMAT_VERSION, Frame, FrameBuf, FrameCodec, HARD_MAX_FRAME_LEN,
+    HEADER_LEN,
 };
 pub use message::{
     ColumnDescription, Command, CommandId, CommandOutcome, CommandResult, ConnectionSpec,
