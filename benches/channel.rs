@@ -15,6 +15,10 @@
 //! Group `channel_parts` splits `frame_seal_open` into its steps, so that a regression can be
 //! traced without a profiler.
 //!
+//! Last, `channel_interleaved` alternates the two whole paths round by round and prints the
+//! ratio of their medians: on a shared, noisy machine that ratio is steadier than two
+//! criterion measurements taken one after the other.
+//!
 //! Run with `cargo bench --bench channel` (add `-- --quick` for a short run).
 
 use std::hint::black_box;
@@ -22,7 +26,7 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use tidegate::channel::{ChannelBinding, Handshake, Opener, Role, Sealer};
 use tidegate::link::{open_frame, seal_frame};
 use tidegate::proto::{ErrorCode, ErrorReport, FrameCodec, Message};
@@ -162,5 +166,81 @@ fn channel_parts(c: &mut Criterion) {
     group.finish();
 }
 
+/// Both paths alternated round by round, so the load of a shared machine hits them equally;
+/// prints the ratio of their median round times. Criterion measures one function after the
+/// other, and on a noisy machine the two land in different conditions.
+fn interleaved(rounds_64k: usize) {
+    const PER_ROUND: usize = 8;
+    for size in SIZES {
+        let rounds = rounds_64k * (64 << 10) / size;
+        let cipher = ChaCha20Poly1305::new(&[9u8; 32].into());
+        let mut buf = vec![0x5au8; size];
+        let mut counter = 0u64;
+        let mut bare = || {
+            let mut nonce = [0u8; 12];
+            nonce[0] = 1;
+            nonce[4..].copy_from_slice(&counter.to_be_bytes());
+            let nonce = Nonce::from(nonce);
+            let mut aad = [1u8; 9];
+            aad[1..].copy_from_slice(&counter.to_be_bytes());
+            let tag: Tag = cipher
+                .encrypt_inout_detached(&nonce, &aad, InOutBuf::from(&mut buf[..]))
+                .expect("buffer within the AEAD's limit");
+            cipher
+                .decrypt_inout_detached(&nonce, &aad, InOutBuf::from(&mut buf[..]), &tag)
+                .expect("what was just sealed opens");
+            counter += 1;
+            black_box(&buf);
+        };
+        let codec = FrameCodec::default();
+        let message = message_with_frame_len(&codec, size);
+        let (mut sealer, mut opener) = channel_pair();
+        let (mut scratch, mut plaintext) = (BytesMut::new(), Vec::new());
+        let mut seq = 1u64;
+        let mut frame = || {
+            let sealed = seal_frame(&codec, &mut sealer, seq, black_box(&message), &mut scratch)
+                .expect("seals");
+            let opened =
+                open_frame(&codec, &mut opener, seq, &sealed, &mut plaintext).expect("opens");
+            seq += 1;
+            black_box(opened);
+        };
+        let time = |f: &mut dyn FnMut()| {
+            let started = std::time::Instant::now();
+            for _ in 0..PER_ROUND {
+                f();
+            }
+            started.elapsed()
+        };
+        let (mut bare_times, mut frame_times) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                bare_times.push(time(&mut bare));
+                frame_times.push(time(&mut frame));
+            } else {
+                frame_times.push(time(&mut frame));
+                bare_times.push(time(&mut bare));
+            }
+        }
+        let median = |times: &mut Vec<std::time::Duration>| {
+            times.sort();
+            times[times.len() / 2].as_secs_f64() * 1e6 / PER_ROUND as f64
+        };
+        let (bare, frame) = (median(&mut bare_times), median(&mut frame_times));
+        println!(
+            "channel_interleaved/{size}: bare_aead {bare:.2} µs, frame_seal_open {frame:.2} µs, \
+             ratio {:.3} (medians of {rounds} alternating rounds)",
+            frame / bare
+        );
+    }
+}
+
 criterion_group!(benches, channel, channel_parts);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // `cargo test --benches` runs this with `--test`: keep it short there.
+    let quick = std::env::args().any(|arg| arg == "--test" || arg == "--quick");
+    interleaved(if quick { 200 } else { 3000 });
+}
