@@ -7,8 +7,11 @@
 //!     [--table NAME]... [--readers 2] [--sse aes256|kms:KEY_ID]
 //! ```
 //!
-//! Sources: `postgres://` / `postgresql://` URLs (binary COPY, one snapshot for all tables) and
-//! `sqlite://PATH`. Targets: anything [`tidegate::replicate::open_store`] opens; S3 settings
+//! Sources: `postgres://` / `postgresql://` URLs (binary COPY, one snapshot for all tables),
+//! `sqlite://PATH`, and `odbc://` followed by an ODBC connection string for any database with an
+//! ODBC driver, e.g. `'odbc://Driver={PostgreSQL Unicode};Server=db;Database=shop;UID=u;PWD=p'`
+//! or `odbc://DSN=warehouse` (pass it through `TIDEGATE_SOURCE` to keep the password out of the
+//! process list). Targets: anything [`tidegate::replicate::open_store`] opens; S3 settings
 //! come from the usual `AWS_*` environment variables (`AWS_ENDPOINT_URL` for an S3-compatible
 //! server). Prints progress per table and a summary with the peak resident memory.
 //!
@@ -24,14 +27,16 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tidegate::replicate::{
-    CancellationToken, CopyPlan, ParquetSink, ParquetSinkConfig, PostgresSource, ProgressEvent,
-    ServerSideEncryption, Source, SqliteSource, StoreOptions, copy_tables, open_store,
+    CancellationToken, CopyPlan, OdbcSource, ParquetSink, ParquetSinkConfig, PostgresSource,
+    ProgressEvent, ServerSideEncryption, Source, SqliteSource, StoreOptions, copy_tables,
+    open_store,
 };
 
 #[derive(Parser, Debug)]
-#[command(about = "Copy tables from PostgreSQL or SQLite to Parquet on an object store")]
+#[command(about = "Copy tables from PostgreSQL, SQLite or ODBC to Parquet on an object store")]
 struct Args {
-    /// `postgres://user:password@host:port/database` or `sqlite://PATH`.
+    /// `postgres://user:password@host:port/database`, `sqlite://PATH` or
+    /// `odbc://CONNECTION_STRING`.
     #[arg(long, env = "TIDEGATE_SOURCE", hide_env_values = true)]
     source: String,
     /// `file:///absolute/dir`, `s3://bucket/prefix` (also `gs://`, `az://` with those features).
@@ -71,8 +76,10 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(PostgresSource::connect(&args.source).await?)
         } else if let Some(path) = args.source.strip_prefix("sqlite://") {
             Arc::new(SqliteSource::open(&PathBuf::from(path)).await?)
+        } else if let Some(connection_string) = args.source.strip_prefix("odbc://") {
+            Arc::new(OdbcSource::connect(connection_string).await?)
         } else {
-            bail!("--source must be a postgres:// or sqlite:// URL");
+            bail!("--source must be a postgres://, sqlite:// or odbc:// source");
         };
 
     let mut options = StoreOptions::default();

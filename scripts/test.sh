@@ -8,7 +8,8 @@ log() { printf '\n== %s ==\n' "$*"; }
 
 # --- System packages -------------------------------------------------------------------------
 # aws-lc-rs builds its C code with a C compiler; the PostgreSQL tests start throwaway clusters
-# with the server binaries (as user `postgres` when run as root); pip installs moto, a real
+# with the server binaries (as user `postgres` when run as root); the ODBC source links against
+# unixODBC and its tests use the PostgreSQL and SQLite ODBC drivers; pip installs moto, a real
 # S3-compatible server.
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
@@ -17,6 +18,10 @@ pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || need+=(postgresql)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v pip3 >/dev/null || need+=(python3-pip)
+[ -e /usr/include/sql.h ] && command -v odbcinst >/dev/null || need+=(unixodbc-dev)
+odbc_drivers="$(odbcinst -q -d 2>/dev/null || true)"
+grep -qi 'postgresql unicode' <<<"$odbc_drivers" || need+=(odbc-postgresql)
+grep -qi 'sqlite3' <<<"$odbc_drivers" || need+=(libsqliteodbc)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq

@@ -1,6 +1,7 @@
 //! Full loads from a real PostgreSQL through the control plane and a gateway: to Parquet on a
 //! real S3-compatible server with SSE-KMS, and to PostgreSQL tables. Credentials travel as
-//! connection secrets; the results are compared with the source by count and checksum.
+//! connection secrets; the results are compared with the source by count and checksum. The last
+//! test reads the same source through the PostgreSQL ODBC driver.
 
 #![allow(clippy::unwrap_used)]
 
@@ -278,5 +279,89 @@ async fn a_failed_run_resumes_redoing_only_unfinished_tables() {
             .trim(),
         "200001"
     );
+    gateway.shutdown().await;
+}
+
+/// The same PostgreSQL read through its ODBC driver: an `odbc` connection given as settings plus
+/// the secret `password`, then as one secret `connection_string`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odbc_to_postgres_through_a_gateway() {
+    let harness = Harness::start().await;
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    for database in ["src", "dst", "dst2"] {
+        pg.create_database(database).unwrap();
+    }
+    pg.execute("src", SOURCE_SQL).unwrap();
+    let (gateway_id, config, identity) = harness.enrolled("gw").await;
+    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
+    common::wait_for(|| harness.gateway(&gateway_id).online).await;
+
+    let odbc = |password: &str| {
+        json!({
+            "name": "pg-odbc",
+            "kind": "odbc",
+            "settings": {
+                "driver": "PostgreSQL Unicode", "server": "127.0.0.1",
+                "port": pg.port().to_string(), "database": "src", "user": pg.user()
+            },
+            "secrets": {"password": password}
+        })
+    };
+    let digest = |db: &str, table: &str| {
+        pg.execute(
+            db,
+            &format!(
+                "SELECT count(*), sum(id), md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t"
+            ),
+        )
+        .unwrap()
+    };
+    let run = run_task(
+        &harness,
+        &gateway_id,
+        odbc(pg.password()),
+        postgres_connection(&pg, "dst"),
+    )
+    .await;
+    assert_eq!(run["state"], json!("Completed"), "{run}");
+    assert_eq!(digest("src", "orders"), digest("dst", "orders"));
+    assert_eq!(
+        digest("src", r#""Ops"."Event Log""#),
+        digest("dst", r#""Ops"."Event Log""#)
+    );
+
+    let whole = json!({
+        "name": "pg-odbc-string",
+        "kind": "odbc",
+        "secrets": {"connection_string": format!(
+            "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=src;UID={};PWD={};",
+            pg.port(), pg.user(), pg.password()
+        )}
+    });
+    let run = run_task(
+        &harness,
+        &gateway_id,
+        whole,
+        postgres_connection(&pg, "dst2"),
+    )
+    .await;
+    assert_eq!(run["state"], json!("Completed"), "{run}");
+    assert_eq!(digest("src", "orders"), digest("dst2", "orders"));
+
+    // A wrong password fails the run with an error that says where, not with what.
+    let run = run_task(
+        &harness,
+        &gateway_id,
+        odbc("wrong-password-canary"),
+        postgres_connection(&pg, "dst"),
+    )
+    .await;
+    assert_eq!(run["state"], json!("Failed"), "{run}");
+    let error = run["error"].to_string();
+    assert!(error.contains("server=127.0.0.1"), "{error}");
+    assert!(!error.contains("wrong-password-canary"), "{error}");
     gateway.shutdown().await;
 }

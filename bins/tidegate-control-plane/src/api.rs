@@ -356,6 +356,9 @@ const KINDS: &[(&str, &[&str])] = &[
     ("sqlite", &["path"]),
     ("local", &["root"]),
     ("postgres", &["host", "database", "user"]),
+    // Either the settings driver, server, port, database, user (+ secret password) or a single
+    // secret connection_string: the gateway checks which when it opens the connection.
+    ("odbc", &[]),
     ("s3", &["bucket"]),
 ];
 

@@ -12,11 +12,12 @@ use tidegate_proto::{
     ProgressReport, TableDescription, TableProgress, TableSelection, TableState, TaskSpec,
     TaskState, TaskStatus,
 };
+use tidegate_replicate::odbc::ConnectionStringBuilder;
 use tidegate_replicate::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tidegate_replicate::{
-    CopyPlan, ParquetSink, ParquetSinkConfig, PostgresSink, PostgresSinkConfig, PostgresSource,
-    PostgresSourceConfig, ProgressEvent, ServerSideEncryption, Sink, Source, SqliteSource,
-    StoreOptions, open_store,
+    CopyPlan, OdbcSource, ParquetSink, ParquetSinkConfig, PostgresSink, PostgresSinkConfig,
+    PostgresSource, PostgresSourceConfig, ProgressEvent, ServerSideEncryption, Sink, Source,
+    SqliteSource, StoreOptions, open_store,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,12 @@ pub(crate) async fn open_source(spec: &ConnectionSpec) -> Result<Arc<dyn Source>
                 })?;
             }
             let source = PostgresSource::connect_with(postgres_options(spec)?, config)
+                .await
+                .map_err(|e| source_error(&e))?;
+            Ok(Arc::new(source))
+        }
+        "odbc" => {
+            let source = OdbcSource::connect(odbc_connection_string(spec)?)
                 .await
                 .map_err(|e| source_error(&e))?;
             Ok(Arc::new(source))
@@ -208,6 +215,50 @@ fn postgres_options(spec: &ConnectionSpec) -> Result<PgConnectOptions, ErrorRepo
     Ok(options)
 }
 
+/// The settings of an `odbc` connection that become connection string attributes, in order.
+const ODBC_SETTINGS: &[(&str, &str)] = &[
+    ("driver", "Driver"),
+    ("server", "Server"),
+    ("port", "Port"),
+    ("database", "Database"),
+    ("user", "UID"),
+];
+
+/// An ODBC connection string from a connection's settings (`driver`, and optionally `server`,
+/// `port`, `database`, `user`) and secret `password`, each value braced as it needs; or, for
+/// anything those cannot say (a DSN, driver options), the whole string from the secret
+/// `connection_string` with none of those settings beside it.
+fn odbc_connection_string(spec: &ConnectionSpec) -> Result<String, ErrorReport> {
+    let given = |name: &str| spec.settings.get(name).filter(|v| !v.is_empty());
+    if let Some(whole) = spec.secrets.get("connection_string") {
+        if ODBC_SETTINGS.iter().any(|(name, _)| given(name).is_some())
+            || spec.secrets.get("password").is_some()
+        {
+            return Err(invalid(
+                spec,
+                "an odbc connection takes either the secret \"connection_string\" or the \
+                 settings driver, server, port, database, user and the secret \"password\", \
+                 not both",
+            ));
+        }
+        return Ok(whole.expose().to_owned());
+    }
+    setting(spec, "driver")?;
+    let attribute_error = |_| invalid(spec, "an odbc setting name cannot be used as an attribute");
+    let mut builder = ConnectionStringBuilder::new();
+    for (name, key) in ODBC_SETTINGS {
+        if let Some(value) = given(name) {
+            builder = builder.attribute(key, value).map_err(attribute_error)?;
+        }
+    }
+    if let Some(password) = spec.secrets.get("password") {
+        builder = builder
+            .attribute("PWD", password.expose())
+            .map_err(attribute_error)?;
+    }
+    Ok(builder.finish())
+}
+
 fn setting<'a>(spec: &'a ConnectionSpec, name: &str) -> Result<&'a str, ErrorReport> {
     spec.settings
         .get(name)
@@ -223,7 +274,7 @@ fn setting<'a>(spec: &'a ConnectionSpec, name: &str) -> Result<&'a str, ErrorRep
 }
 
 /// The connection kinds this gateway reads from.
-const SOURCE_KINDS: &[&str] = &["sqlite", "postgres"];
+const SOURCE_KINDS: &[&str] = &["sqlite", "postgres", "odbc"];
 
 /// Tests a connection by opening it (and, for sources, listing its tables). A source's own
 /// error is reported as such, never masked by trying the spec as a target.
@@ -441,6 +492,59 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn odbc_spec(settings: &[(&str, &str)], secrets: &[(&str, &str)]) -> ConnectionSpec {
+        let mut map = tidegate_proto::SecretMap::new();
+        for (name, value) in secrets {
+            map.insert(
+                *name,
+                tidegate_proto::SecretString::new((*value).to_owned()),
+            );
+        }
+        ConnectionSpec {
+            id: "conn-1".into(),
+            kind: "odbc".into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            secrets: map,
+        }
+    }
+
+    #[test]
+    fn odbc_connection_strings_come_from_settings_or_one_secret() {
+        let spec = odbc_spec(
+            &[
+                ("driver", "PostgreSQL Unicode"),
+                ("server", "db.internal"),
+                ("port", "5432"),
+                ("database", "shop"),
+                ("user", "reader"),
+            ],
+            &[("password", "p;w}d")],
+        );
+        assert_eq!(
+            odbc_connection_string(&spec).unwrap(),
+            "Driver=PostgreSQL Unicode;Server=db.internal;Port=5432;Database=shop;UID=reader;\
+             PWD={p;w}}d};"
+        );
+
+        let whole = "DSN=warehouse;UID=u;PWD=x;SSLmode=require";
+        let spec = odbc_spec(&[], &[("connection_string", whole)]);
+        assert_eq!(odbc_connection_string(&spec).unwrap(), whole);
+
+        let both = odbc_spec(&[("driver", "d")], &[("connection_string", whole)]);
+        let error = odbc_connection_string(&both).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert!(!error.message.contains("PWD=x"), "{}", error.message);
+
+        let neither = odbc_spec(&[("server", "db")], &[]);
+        assert!(
+            odbc_connection_string(&neither).is_err(),
+            "driver is required"
+        );
+    }
 
     #[test]
     fn table_selection_patterns() {

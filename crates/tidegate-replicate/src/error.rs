@@ -9,6 +9,9 @@ use std::path::PathBuf;
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A driver error whose concrete type depends on the layer that raised it (ODBC sources).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong while discovering, reading, writing or copying tables.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,6 +34,48 @@ pub enum Error {
         /// The driver's error.
         #[source]
         source: sqlx::Error,
+    },
+
+    /// Connecting to an ODBC data source failed.
+    #[cfg(feature = "odbc")]
+    #[error("cannot connect to ODBC data source {data_source}")]
+    OdbcConnect {
+        /// The connection string's `Driver`/`DSN`, `Server`, `Port` and `Database`, never
+        /// its credentials.
+        data_source: String,
+        /// The driver manager's or driver's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Listing the tables of an ODBC data source failed.
+    #[cfg(feature = "odbc")]
+    #[error("cannot discover tables over ODBC")]
+    OdbcDiscover {
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Describing or reading a table over ODBC failed in the driver.
+    #[cfg(feature = "odbc")]
+    #[error("cannot read table {table} over ODBC")]
+    OdbcRead {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The driver's (or arrow-odbc's) error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A blocking driver call panicked on its worker thread.
+    #[error("the driver thread for {what} failed")]
+    DriverThread {
+        /// What the thread was doing (`connecting`, `discovery`).
+        what: &'static str,
+        /// The runtime's error.
+        #[source]
+        source: tokio::task::JoinError,
     },
 
     /// Opening or joining the snapshot all tables are read in failed.
@@ -264,6 +309,10 @@ impl Error {
             | Error::Read { source, .. }
             | Error::Sample { source, .. } => sqlx_retryable(source),
             Error::ObjectStore { source, .. } => object_store_retryable(source),
+            #[cfg(feature = "odbc")]
+            Error::OdbcConnect { source, .. }
+            | Error::OdbcDiscover { source }
+            | Error::OdbcRead { source, .. } => odbc_retryable(source.as_ref()),
             Error::Parquet { source, .. } => match source {
                 parquet::errors::ParquetError::External(inner) => inner
                     .downcast_ref::<object_store::Error>()
@@ -285,6 +334,7 @@ impl Error {
             | Error::Manifest { .. }
             | Error::SampleExists { .. }
             | Error::Task { .. }
+            | Error::DriverThread { .. }
             | Error::Cancelled => false,
         }
     }
@@ -295,6 +345,19 @@ fn sqlx_retryable(error: &sqlx::Error) -> bool {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
         // SQLITE_BUSY (5) and SQLITE_LOCKED (6): another connection holds a lock.
         sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("5" | "6")),
+        _ => false,
+    }
+}
+
+/// Connection failures (SQLSTATE class `08`), timeouts (`HYT00`, `HYT01`) and serialization
+/// failures or deadlocks (`40001`, `40P01`) may pass on a retry.
+#[cfg(feature = "odbc")]
+fn odbc_retryable(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    match error.downcast_ref::<odbc_api::Error>() {
+        Some(odbc_api::Error::Diagnostics { record, .. }) => {
+            let state = record.state.as_str();
+            state.starts_with("08") || matches!(state, "HYT00" | "HYT01" | "40001" | "40P01")
+        }
         _ => false,
     }
 }

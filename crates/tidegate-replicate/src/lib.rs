@@ -9,6 +9,8 @@
 //!
 //! * [`SqliteSource`] reads a SQLite file read-only, with a strict declared-type mapping
 //!   (see the [`sqlite`] module).
+//! * `OdbcSource` (feature `odbc`) reads any database with an ODBC driver through arrow-odbc,
+//!   refusing values its types cannot carry exactly (see the `odbc` module).
 //! * [`ParquetSink`] writes Parquet parts and a manifest, written last, to any
 //!   [`object_store::ObjectStore`].
 //! * [`copy_tables`] runs a [`CopyPlan`]: several tables at once, with backpressure, progress
@@ -18,6 +20,15 @@
 //! **Architecture invariant:** this crate knows nothing of the control plane, the network
 //! protocol or the gateway; it moves rows and reports progress, and its errors never carry
 //! row values.
+//!
+//! # Features
+//!
+//! | Feature | Default | What it adds |
+//! |---|---|---|
+//! | `aws` | yes | `s3://` object stores |
+//! | `gcp` | no | `gs://` object stores |
+//! | `azure` | no | `az://` object stores |
+//! | `odbc` | yes | `OdbcSource`; links against unixODBC (`libodbc.so`, Debian: `unixodbc-dev`) |
 //!
 //! Both traits are object safe and used as `Arc<dyn Source>` / `Arc<dyn Sink>`; their futures
 //! and streams are boxed.
@@ -47,7 +58,10 @@
 
 mod copy;
 mod error;
+#[cfg(feature = "odbc")]
+pub mod odbc;
 mod parquet_sink;
+mod plan_cache;
 pub mod postgres;
 pub mod sample;
 mod sink;
@@ -59,7 +73,9 @@ mod values;
 
 // The public interface.
 pub use crate::copy::{CopyPlan, CopySummary, ProgressEvent, copy_tables};
-pub use crate::error::{Error, Result};
+pub use crate::error::{BoxError, Error, Result};
+#[cfg(feature = "odbc")]
+pub use crate::odbc::{OdbcSource, OdbcSourceConfig};
 pub use crate::parquet_sink::{MANIFEST_FILE, MANIFEST_VERSION, ParquetSink, ParquetSinkConfig};
 pub use crate::postgres::{PostgresSink, PostgresSinkConfig, PostgresSource, PostgresSourceConfig};
 pub use crate::sink::{FileOutput, Sink, TableOutput, TableWriter};
@@ -71,6 +87,9 @@ pub use crate::table::{TableRef, TableSchema};
 // Crates that appear in the public API, re-exported so callers use the same versions.
 pub use arrow;
 pub use object_store;
+/// The ODBC layer whose errors [`BoxError`] can hold, for downcasting.
+#[cfg(feature = "odbc")]
+pub use odbc_api;
 pub use parquet;
 pub use sqlx;
 pub use tokio_util::sync::CancellationToken;

@@ -42,6 +42,7 @@ pub use self::sink::{PostgresSink, PostgresSinkConfig};
 pub use self::types::PgType;
 use self::types::{CatalogType, ColumnRead, column_read, referenced_types};
 use crate::error::{Error, Result};
+use crate::plan_cache::{Plan, PlanCache};
 use crate::source::{Partition, Source};
 use crate::table::{TableRef, TableSchema};
 
@@ -80,7 +81,7 @@ pub struct PostgresSource {
     /// The connection whose open transaction keeps the exported snapshot alive.
     snapshot: Option<(Mutex<PgConnection>, String)>,
     /// How each discovered table is read, by table.
-    plans: std::sync::Mutex<HashMap<TableRef, Arc<TablePlan>>>,
+    plans: PlanCache<TablePlan>,
 }
 
 impl fmt::Debug for PostgresSource {
@@ -101,6 +102,12 @@ struct TablePlan {
     /// `r` ordinary, `p` partitioned.
     kind: char,
     columns: Vec<(String, ColumnRead)>,
+}
+
+impl Plan for TablePlan {
+    fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
 }
 
 impl PostgresSource {
@@ -152,7 +159,7 @@ impl PostgresSource {
             options,
             config,
             snapshot,
-            plans: std::sync::Mutex::new(HashMap::new()),
+            plans: PlanCache::new(),
         })
     }
 
@@ -203,39 +210,12 @@ impl PostgresSource {
                 Arc::new(plan)
             })
             .collect();
-        let mut cache = self.plans.lock().expect("plan cache poisoned");
-        cache.clear();
-        for plan in &plans {
-            cache.insert(plan.schema.table.clone(), Arc::clone(plan));
-        }
-        Ok(plans)
+        Ok(self.plans.replace(plans))
     }
 
     /// The plan of a discovered table, checked against the schema the caller holds.
     async fn plan_for(&self, table: &TableSchema) -> Result<Arc<TablePlan>> {
-        let cached = self
-            .plans
-            .lock()
-            .expect("plan cache poisoned")
-            .get(&table.table)
-            .cloned();
-        let plan = match cached {
-            Some(plan) => plan,
-            None => self
-                .discover_plans()
-                .await?
-                .into_iter()
-                .find(|plan| plan.schema.table == table.table)
-                .ok_or_else(|| Error::UnknownTable {
-                    name: table.table.to_string(),
-                })?,
-        };
-        if plan.schema.schema != table.schema {
-            return Err(Error::SchemaMismatch {
-                table: table.table.to_string(),
-            });
-        }
-        Ok(plan)
+        self.plans.plan_for(table, self.discover_plans()).await
     }
 
     async fn page_count(&self, table: &TableRef) -> Result<u64> {
