@@ -145,8 +145,10 @@ impl CopySummary {
 /// receiver concurrently. A closed receiver is ignored.
 ///
 /// **Errors.** An unknown name in `plan.tables` fails before anything is written
-/// ([`Error::UnknownTable`]). The first table that fails stops the others; its error is
-/// returned and unfinished tables are aborted (no manifest).
+/// ([`Error::UnknownTable`]). A table that fails is aborted (no manifest) but does not stop
+/// the others: every other table is still copied and gets its final `done` event, so a resumed
+/// run redoes only the failed ones. The first table's error is returned; the names of any
+/// further failed tables are logged.
 ///
 /// **Cancellation.** When `cancel` fires, reading and writing stop at the next await, every
 /// unfinished table is aborted and [`Error::Cancelled`] is returned. A table already writing
@@ -172,7 +174,7 @@ pub async fn copy_tables(
         tables = selected.len(),
     );
 
-    // Cancelled by the caller, or by us when one table fails.
+    // Cancelled by the caller only: a failed table does not stop the others.
     let stop = cancel.child_token();
     let settings = Arc::new(TableCopy {
         source,
@@ -190,7 +192,7 @@ pub async fn copy_tables(
     let mut outputs = Vec::new();
     let mut failure: Option<Error> = None;
     loop {
-        while failure.is_none() && running.len() < plan.parallel_tables {
+        while running.len() < plan.parallel_tables {
             let Some(table) = pending.next() else { break };
             let name = table.table.clone();
             let handle = running.spawn(Arc::clone(&settings).copy(table));
@@ -210,16 +212,15 @@ pub async fn copy_tables(
         };
         match result {
             Ok(output) => outputs.push(output),
-            // The first real error wins over the `Cancelled` it causes elsewhere.
-            Err(error) => {
-                if failure
-                    .as_ref()
-                    .is_none_or(|f| matches!(f, Error::Cancelled))
-                {
-                    failure = Some(error);
-                }
-                stop.cancel();
-            }
+            Err(Error::Cancelled) => {}
+            Err(error) => match &failure {
+                None => failure = Some(error),
+                Some(_) => tracing::warn!(
+                    message = "another table failed",
+                    run_id = %plan.run_id,
+                    error = %error,
+                ),
+            },
         }
     }
     if cancel.is_cancelled() {
