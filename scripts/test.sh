@@ -10,7 +10,8 @@ log() { printf '\n== %s ==\n' "$*"; }
 # aws-lc-rs builds its C code with a C compiler; the PostgreSQL tests start throwaway clusters
 # with the server binaries (as user `postgres` when run as root); the ODBC source links against
 # unixODBC and its tests use the PostgreSQL and SQLite ODBC drivers; pip installs moto, a real
-# S3-compatible server.
+# S3-compatible server; npm installs oidc-provider, a real OpenID provider run by Node.js (20 or
+# later).
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
 command -v cc >/dev/null || need+=(build-essential)
@@ -22,6 +23,8 @@ command -v pip3 >/dev/null || need+=(python3-pip)
 odbc_drivers="$(odbcinst -q -d 2>/dev/null || true)"
 grep -qi 'postgresql unicode' <<<"$odbc_drivers" || need+=(odbc-postgresql)
 grep -qi 'sqlite3' <<<"$odbc_drivers" || need+=(libsqliteodbc)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq
@@ -31,6 +34,18 @@ if ! python3 -c 'import moto.server' 2>/dev/null; then
   log "installing moto (S3-compatible test server)"
   pip3 install --quiet 'moto[server]>=5.1,<6' 2>/dev/null \
     || pip3 install --quiet --break-system-packages 'moto[server]>=5.1,<6'
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js $node_major is too old for the OpenID provider the tests run; install 20 or later" >&2
+  exit 1
+fi
+# Installed once here so parallel tests do not race to install it (tidegate-testkit would).
+export TIDEGATE_OIDC_PROVIDER_DIR="${TIDEGATE_OIDC_PROVIDER_DIR:-$HOME/.cache/tidegate-testkit/oidc-provider}"
+if [ ! -e "$TIDEGATE_OIDC_PROVIDER_DIR/node_modules/oidc-provider/lib/index.js" ]; then
+  log "installing oidc-provider (OpenID Connect test provider)"
+  # The same pin as crates/tidegate-testkit/src/oidc.rs.
+  npm install --no-audit --no-fund --silent --prefix "$TIDEGATE_OIDC_PROVIDER_DIR" oidc-provider@9.13.3
 fi
 if ! command -v cargo-nextest >/dev/null; then
   log "installing cargo-nextest"

@@ -4,6 +4,7 @@
 //!   password (SCRAM) authentication over TCP and `wal_level = logical`. PostgreSQL refuses to
 //!   run as root, so when the tests run as root the cluster runs as the `postgres` system user.
 //! * [`S3Server`]: a real S3-compatible server (moto's server mode) on a free port.
+//! * [`OidcProvider`]: a real OpenID Connect provider (npm's `oidc-provider`, run by Node.js).
 //! * [`lineitem_sql`]: a TPC-H-like `lineitem` table generated inside PostgreSQL.
 //!
 //! Nothing here is a mock: each server is the real program, started and stopped by its guard.
@@ -13,10 +14,12 @@
 #![warn(missing_docs)]
 
 mod lineitem;
+mod oidc;
 mod pg;
 mod s3;
 
 pub use crate::lineitem::lineitem_sql;
+pub use crate::oidc::OidcProvider;
 pub use crate::pg::PgServer;
 pub use crate::s3::S3Server;
 
