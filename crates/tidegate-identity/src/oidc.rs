@@ -347,38 +347,7 @@ fn require_https_or_loopback(field: &str, url: &url::Url) -> Result<(), Error> {
 /// An HTTP client without redirects, on the process's rustls provider, trusting the system's
 /// roots and `ca_pem`.
 fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(pem) = ca_pem {
-        use rustls_pki_types::pem::PemObject;
-        let mut added = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert = cert.map_err(|e| Error::OidcConfig(format!("ca_pem: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| Error::OidcConfig(format!("ca_pem: {e}")))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(Error::OidcConfig("ca_pem holds no certificate".into()));
-        }
-    }
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::OidcConfig(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(15))
-        .build()
-        .map_err(|e| Error::OidcConfig(format!("HTTP client: {e}")))
+    tidegate_client::http_client(ca_pem).map_err(|e| Error::OidcConfig(e.to_string()))
 }
 
 /// An error and its causes on one line.
