@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`proto`] | command-and-control frames, row-data free |
 //! | [`channel`] | per-connection channel keys and sealed frames |
+//! | [`client`] | a client for the control plane's REST API |
 //! | [`auth`] | gateway identity keys, enrollment tokens, TLS-bound JWTs |
 //! | [`link`] | the handshake and sealed message exchange |
 //! | [`rbac`] | role-based access control, deny by default |
@@ -27,6 +28,7 @@ pub mod quickstart;
 
 pub use tidegate_auth as auth;
 pub use tidegate_channel as channel;
+pub use tidegate_client as client;
 pub use tidegate_control_plane as control_plane;
 pub use tidegate_gateway as gateway;
 pub use tidegate_link as link;
