@@ -115,6 +115,25 @@ pub fn open_store(url: &str, options: &StoreOptions) -> Result<StoreTarget> {
     }
     let prefix = prefix.trim_end_matches('/');
     let prefix_path = check_prefix(prefix).map_err(invalid)?;
+    let store = remote_store(scheme, bucket, url, options)?
+        .ok_or_else(|| invalid("unsupported scheme (or its cargo feature is off)"))?;
+    Ok(StoreTarget {
+        store,
+        prefix: prefix_path,
+    })
+}
+
+/// The store of a remote scheme whose cargo feature is on, or `None`.
+#[cfg_attr(
+    not(any(feature = "aws", feature = "gcp", feature = "azure")),
+    allow(unused_variables, unreachable_code)
+)]
+fn remote_store(
+    scheme: &str,
+    bucket: &str,
+    url: &str,
+    options: &StoreOptions,
+) -> Result<Option<Arc<dyn ObjectStore>>> {
     let store: Arc<dyn ObjectStore> = match scheme {
         #[cfg(feature = "aws")]
         "s3" | "s3a" => Arc::new(s3(bucket, options).map_err(|source| Error::ObjectStore {
@@ -141,13 +160,9 @@ pub fn open_store(url: &str, options: &StoreOptions) -> Result<StoreTarget> {
                     source,
                 })?,
         ),
-        _ => return Err(invalid("unsupported scheme (or its cargo feature is off)")),
+        _ => return Ok(None),
     };
-    let _ = options;
-    Ok(StoreTarget {
-        store,
-        prefix: prefix_path,
-    })
+    Ok(Some(store))
 }
 
 #[cfg(feature = "aws")]
