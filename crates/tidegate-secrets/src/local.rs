@@ -343,7 +343,9 @@ fn parse(path: &Path, text: &str) -> Result<Keks, Error> {
 }
 
 /// Writes the key file: a new file (mode `0600`) in the same directory, synced, then renamed
-/// over `path`. With `create_only`, fails if `path` exists.
+/// over `path`, and the directory synced, so that a rotation that returned survives a crash
+/// (data keys re-wrapped under a KEK the file then lost would be unrecoverable). With
+/// `create_only`, fails if `path` exists.
 fn write_file(path: &Path, keks: &Keks, create_only: bool) -> Result<(), Error> {
     let mut text = Zeroizing::new(format!(
         "{HEADER}\n# Tidegate key-encryption keys. Keep secret: mode 0600, never in backups of the metadata database.\nactive {}\n",
@@ -379,13 +381,28 @@ fn write_file(path: &Path, keks: &Keks, create_only: bool) -> Result<(), Error> 
         if create_only {
             // `hard_link` fails if `path` exists, so a concurrent creator is never overwritten.
             fs::hard_link(&tmp, path)?;
-            fs::remove_file(&tmp)
+            fs::remove_file(&tmp)?;
         } else {
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, path)?;
         }
+        sync_parent(path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io_err)
+}
+
+#[cfg(unix)]
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => fs::File::open(dir)?.sync_all(),
+        _ => fs::File::open(".")?.sync_all(),
+    }
+}
+
+#[cfg(not(unix))]
+fn sync_parent(_path: &Path) -> io::Result<()> {
+    // Directories cannot be opened for syncing everywhere; the rename is what the platform gives.
+    Ok(())
 }
