@@ -12,7 +12,7 @@ macro_rules! named {
     (
         $(#[$meta:meta])*
         pub enum $name:ident ($kind:literal) {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )*
+            $( $(#[doc = $doc:literal])+ $variant:ident = $text:literal, )*
         }
     ) => {
         $(#[$meta])*
@@ -20,7 +20,7 @@ macro_rules! named {
         #[derive(serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $( $(#[$vmeta])* $variant, )*
+            $( $(#[doc = $doc])+ $variant, )*
         }
 
         impl $name {
@@ -31,6 +31,14 @@ macro_rules! named {
             pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)*
+                }
+            }
+
+            /// What it means, in one sentence (its documentation, as published in
+            /// `docs/rbac.md`).
+            pub fn description(self) -> &'static str {
+                match self {
+                    $($name::$variant => concat!($($doc),+).trim(),)*
                 }
             }
         }
@@ -101,9 +109,9 @@ named! {
         SpaceDelete = "space_delete",
         /// List the space's members and their roles.
         MembersList = "members_list",
-        /// Grant a space role (also subject to [`crate::Authorizer::may_grant`]).
+        /// Grant a space role (also subject to the grant rule).
         MembersGrant = "members_grant",
-        /// Revoke a space role (also subject to [`crate::Authorizer::may_revoke`]).
+        /// Revoke a space role (also subject to the grant rule).
         MembersRevoke = "members_revoke",
         /// List tasks with basic details (name, state, last run): monitoring.
         TaskList = "task_list",
@@ -333,15 +341,15 @@ pub(crate) fn system_role_name(role: SystemRole) -> String {
 /// the two identical).
 pub fn matrix_markdown() -> String {
     let mark = |held: bool| if held { "✓" } else { "" };
-    let mut out = String::from("### Space-scoped actions\n\n| action |");
+    let mut out = String::from("### Space-scoped actions\n\n| action | what it allows |");
     for role in SpaceRole::ALL {
         out.push_str(&format!(" `{role}` |"));
     }
-    out.push_str(" `data_admin` (any space) | needs `data_services_contributor` |\n|---|");
+    out.push_str(" `data_admin` (any space) | needs `data_services_contributor` |\n|---|---|");
     out.push_str(&":-:|".repeat(SpaceRole::ALL.len() + 2));
     out.push('\n');
     for r in MATRIX.iter().filter(|r| r.scope == Scope::Space) {
-        out.push_str(&format!("| `{}` |", r.action));
+        out.push_str(&format!("| `{}` | {} |", r.action, r.action.description()));
         for role in SpaceRole::ALL {
             out.push_str(&format!(" {} |", mark(r.space.contains(role))));
         }
@@ -351,15 +359,15 @@ pub fn matrix_markdown() -> String {
             if r.contributor { "yes" } else { "" }
         ));
     }
-    out.push_str("\n### System-wide actions\n\n| action |");
+    out.push_str("\n### System-wide actions\n\n| action | what it allows |");
     for role in SystemRole::ALL {
         out.push_str(&format!(" `{role}` |"));
     }
-    out.push_str("\n|---|");
+    out.push_str("\n|---|---|");
     out.push_str(&":-:|".repeat(SystemRole::ALL.len()));
     out.push('\n');
     for r in MATRIX.iter().filter(|r| r.scope == Scope::System) {
-        out.push_str(&format!("| `{}` |", r.action));
+        out.push_str(&format!("| `{}` | {} |", r.action, r.action.description()));
         for role in SystemRole::ALL {
             out.push_str(&format!(" {} |", mark(r.system.contains(role))));
         }
@@ -406,6 +414,11 @@ mod tests {
                 assert_eq!(serde_json::from_str::<T>(&json).expect("deserialize"), *v);
             }
         }
+        for a in Action::ALL {
+            let d = a.description();
+            assert!(d.ends_with('.') && !d.contains('`') && !d.contains('|'), "{a}: {d}");
+        }
+        assert!(SystemRole::DataAdmin.description().contains("appoint owners"));
         check(SpaceRole::ALL);
         check(SystemRole::ALL);
         check(Action::ALL);
