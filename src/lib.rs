@@ -34,8 +34,8 @@ pub use tidegate_link as link;
 pub use tidegate_metadata as metadata;
 pub use tidegate_proto as proto;
 pub use tidegate_rbac as rbac;
-pub use tidegate_secrets as secrets;
 pub use tidegate_replicate as replicate;
+pub use tidegate_secrets as secrets;
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Call it once at the start of
 /// `main` or of a test: rustls refuses to guess when a process could have several.

@@ -416,9 +416,16 @@ mod tests {
         }
         for a in Action::ALL {
             let d = a.description();
-            assert!(d.ends_with('.') && !d.contains('`') && !d.contains('|'), "{a}: {d}");
+            assert!(
+                d.ends_with('.') && !d.contains('`') && !d.contains('|'),
+                "{a}: {d}"
+            );
         }
-        assert!(SystemRole::DataAdmin.description().contains("appoint owners"));
+        assert!(
+            SystemRole::DataAdmin
+                .description()
+                .contains("appoint owners")
+        );
         check(SpaceRole::ALL);
         check(SystemRole::ALL);
         check(Action::ALL);
