@@ -71,6 +71,20 @@ write("sealed_open", "flip_counter", b"\x02\x00\x01")
 write("sealed_open", "flip_tag_end", b"\x02\x00" + b"\x00" * 30 + b"\x80")
 write("sealed_open", "truncate", b"\x02\x09")
 
+# secret_open: mode byte (0: the blob itself; 1: a mask over a fresh sealed blob; 2: a payload
+# after a valid version-1 header). Blob: b"tgs", format 1, u32 BE data-key version, 24-byte
+# nonce, ciphertext, 16-byte tag; the fuzz secret is 43 bytes, so a fresh blob is 91 bytes.
+blob_shape = b"tgs\x01" + struct.pack(">I", 1) + b"\x07" * 24 + b"\x5a" * 43 + b"\x00" * 16
+write("secret_open", "raw_blob_shape", b"\x00" + blob_shape)
+write("secret_open", "raw_bad_magic", b"\x00" + b"tgz" + blob_shape[3:])
+write("secret_open", "raw_format_2", b"\x00" + b"tgs\x02" + blob_shape[4:])
+write("secret_open", "raw_short", b"\x00tgs\x01\x00\x00")
+write("secret_open", "untouched", b"\x01")
+write("secret_open", "flip_version", b"\x01" + b"\x00" * 7 + b"\x03")
+write("secret_open", "flip_nonce", b"\x01" + b"\x00" * 20 + b"\x10")
+write("secret_open", "flip_tag_end", b"\x01" + b"\x00" * 90 + b"\x80")
+write("secret_open", "header_then_garbage", b"\x02" + b"\x01" * 24 + b"garbage" * 10)
+
 # jwt_verify: mode byte (even: the token itself; odd: a mask over a fresh valid token).
 def b64(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

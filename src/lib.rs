@@ -15,6 +15,7 @@
 //! | [`auth`] | gateway identity keys, enrollment tokens, TLS-bound JWTs |
 //! | [`link`] | the handshake and sealed message exchange |
 //! | [`rbac`] | role-based access control, deny by default |
+//! | [`secrets`] | envelope encryption of credentials at rest |
 //! | [`metadata`] | the control plane's metadata model |
 //! | [`replicate`] | the Arrow-based copy core: sources, sinks, Parquet |
 //! | [`gateway`] | the gateway runtime |
@@ -36,6 +37,7 @@ pub use tidegate_metadata as metadata;
 pub use tidegate_proto as proto;
 pub use tidegate_rbac as rbac;
 pub use tidegate_replicate as replicate;
+pub use tidegate_secrets as secrets;
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Call it once at the start of
 /// `main` or of a test: rustls refuses to guess when a process could have several.

@@ -22,7 +22,7 @@ use tidegate_proto::{
     Command, CommandOutcome, ConnectionSpec, SecretMap, SecretString, TableState, TaskKind,
     TaskSpec,
 };
-use tidegate_rbac::{Action, Resource};
+use tidegate_rbac::{Action, Scope};
 
 use crate::Shared;
 use crate::tls::TlsInfo;
@@ -127,11 +127,14 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     }
 }
 
+/// The data space every object belongs to until the metadata model has data spaces: the
+/// operator tokens, the only subjects so far, hold every action in every space anyway.
+const DEFAULT_SPACE: &str = "default";
+
 /// Checks the operator bearer token and the role's grant. Deny by default.
 async fn authorize(
     shared: &Shared,
     headers: &HeaderMap,
-    resource: Resource,
     action: Action,
 ) -> Result<String, ApiError> {
     let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
@@ -143,9 +146,10 @@ async fn authorize(
         .position(|t| Sha256::digest(t.expose().as_bytes()) == digest)
         .map(operator_subject)
         .ok_or_else(|| ApiError::unauthorized("unknown bearer token"))?;
+    let space = (action.scope() == Scope::Space).then_some(DEFAULT_SPACE);
     let allowed = shared
         .authz
-        .allowed(&subject, resource, action)
+        .allowed(&subject, action, space)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     if allowed {
@@ -154,7 +158,7 @@ async fn authorize(
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("{action:?} on {resource:?} is not granted"),
+            format!("`{action}` is not granted"),
         ))
     }
 }
@@ -194,7 +198,7 @@ async fn create_gateway(
     headers: HeaderMap,
     Body(req): Body<CreateGateway>,
 ) -> Result<(StatusCode, Json<CreatedGateway>), ApiError> {
-    authorize(&shared, &headers, Resource::Gateway, Action::Write).await?;
+    authorize(&shared, &headers, Action::GatewayManage).await?;
     validate_name("name", &req.name)?;
     let token = EnrollmentToken::generate()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -225,7 +229,7 @@ async fn list_gateways(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Gateway>>, ApiError> {
-    authorize(&shared, &headers, Resource::Gateway, Action::Read).await?;
+    authorize(&shared, &headers, Action::GatewayRead).await?;
     Ok(Json(shared.store.gateways()))
 }
 
@@ -234,7 +238,7 @@ async fn get_gateway(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Gateway>, ApiError> {
-    authorize(&shared, &headers, Resource::Gateway, Action::Read).await?;
+    authorize(&shared, &headers, Action::GatewayRead).await?;
     Ok(Json(shared.store.gateway(&id)?))
 }
 
@@ -367,7 +371,7 @@ async fn create_connection(
     headers: HeaderMap,
     Body(req): Body<CreateConnection>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
-    authorize(&shared, &headers, Resource::Connection, Action::Write).await?;
+    authorize(&shared, &headers, Action::ConnectionCreate).await?;
     validate_name("name", &req.name)?;
     let Some((_, required)) = KINDS.iter().find(|(k, _)| *k == req.kind) else {
         let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
@@ -405,7 +409,7 @@ async fn list_connections(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<ConnectionView>>, ApiError> {
-    authorize(&shared, &headers, Resource::Connection, Action::Read).await?;
+    authorize(&shared, &headers, Action::ConnectionRead).await?;
     Ok(Json(shared.store.connection_views()))
 }
 
@@ -427,7 +431,7 @@ async fn create_task(
     headers: HeaderMap,
     Body(req): Body<CreateTask>,
 ) -> Result<(StatusCode, Json<DataTask>), ApiError> {
-    authorize(&shared, &headers, Resource::Task, Action::Write).await?;
+    authorize(&shared, &headers, Action::TaskCreate).await?;
     validate_name("name", &req.name)?;
     shared.store.gateway(&req.gateway_id)?;
     shared.store.connection(&req.source_id)?;
@@ -449,7 +453,7 @@ async fn get_task(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<DataTask>, ApiError> {
-    authorize(&shared, &headers, Resource::Task, Action::Read).await?;
+    authorize(&shared, &headers, Action::TaskRead).await?;
     Ok(Json(shared.store.task(&id)?))
 }
 
@@ -467,7 +471,7 @@ async fn start_run(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TaskRun>), ApiError> {
-    authorize(&shared, &headers, Resource::Task, Action::Operate).await?;
+    authorize(&shared, &headers, Action::TaskRun).await?;
     let task = shared.store.task(&id)?;
     if !shared.store.active_runs(&id).is_empty() {
         return Err(ApiError::conflict("the task is already running"));
@@ -494,7 +498,7 @@ async fn resume_run(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TaskRun>), ApiError> {
-    authorize(&shared, &headers, Resource::Task, Action::Operate).await?;
+    authorize(&shared, &headers, Action::TaskResume).await?;
     let run = shared.store.run(&id)?;
     if !matches!(run.state, TaskState::Failed | TaskState::Stopped) {
         return Err(ApiError::conflict(format!(
@@ -566,7 +570,7 @@ async fn stop_task(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    authorize(&shared, &headers, Resource::Task, Action::Operate).await?;
+    authorize(&shared, &headers, Action::TaskStop).await?;
     let task = shared.store.task(&id)?;
     let result = shared
         .sessions
@@ -591,6 +595,6 @@ async fn get_run(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<TaskRun>, ApiError> {
-    authorize(&shared, &headers, Resource::Run, Action::Read).await?;
+    authorize(&shared, &headers, Action::RunRead).await?;
     Ok(Json(shared.store.run(&id)?))
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tidegate_metadata::MemoryStore;
 use tidegate_proto::SecretString;
-use tidegate_rbac::{Authorizer, SystemRole};
+use tidegate_rbac::Authorizer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -111,9 +111,7 @@ impl ControlPlane {
         })?;
         let authz = Authorizer::new().await?;
         for (i, _) in config.operator_tokens.iter().enumerate() {
-            authz
-                .assign(&api::operator_subject(i), SystemRole::Operator)
-                .await?;
+            authz.add_operator(&api::operator_subject(i)).await?;
         }
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
