@@ -71,7 +71,16 @@ fuzz_target!(|data: &[u8]| {
         encoder.encode(batch, &mut encoded).expect("decoded values encode");
     }
     encoder.finish(&mut encoded);
-    let again = decode(&types, &encoded, 4096).expect("encoded streams decode");
+    // The encoder writes what Arrow can tell apart: JSON text as `json`, without jsonb's
+    // version byte.
+    let written: Vec<PgType> = types
+        .iter()
+        .map(|t| match t {
+            PgType::Jsonb => PgType::Json,
+            other => other.clone(),
+        })
+        .collect();
+    let again = decode(&written, &encoded, 4096).expect("encoded streams decode");
     let rows = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
     assert_eq!(rows(&batches), rows(&again));
     let concat = |b: &[RecordBatch]| {

@@ -251,7 +251,7 @@ impl Authorizer {
     /// any role, owners included, in any space), or when the granter holds
     /// [`Action::MembersGrant`] in `space` **and** every action of `role` is among the actions
     /// its own roles hold there. So an owner may grant any role in its space and nothing
-    /// elsewhere; a manager may grant `can_manage` but not `can_edit`; an editor grants
+    /// elsewhere; a manager may grant `can_manage` and `can_view` but not `can_edit`; an editor grants
     /// nothing. Whether the grantee also holds Data Services Contributor is not the granter's
     /// concern: the grantee needs it to use the integration actions either way.
     pub async fn may_grant(

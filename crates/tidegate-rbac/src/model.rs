@@ -224,7 +224,9 @@ const fn system(action: Action, system: &'static [SystemRole]) -> Row {
 }
 
 const ALL_MEMBERS: &[SpaceRole] = &[OWNER, VIEW, CONSUME, MANAGE, OPERATE, EDIT];
-const MONITORS: &[SpaceRole] = &[OWNER, VIEW, OPERATE, EDIT];
+/// Who sees the space's pipelines. A manager does too, so that it can onboard viewers (it can
+/// only grant roles whose every action it holds).
+const MONITORS: &[SpaceRole] = &[OWNER, VIEW, MANAGE, OPERATE, EDIT];
 
 /// The matrix, one row per action in [`Action::ALL`] order. Casbin's policies, the published
 /// tables and the grant rule are all derived from it.

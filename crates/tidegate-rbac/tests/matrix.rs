@@ -12,7 +12,7 @@ space_delete       x . . . . .  x  .
 members_list       x . . x . .  x  .
 members_grant      x . . x . .  x  .
 members_revoke     x . . x . .  x  .
-task_list          x x . . x x  .  .
+task_list          x x . x x x  .  .
 task_read          x . . . . x  .  x
 task_create        x . . . . x  .  x
 task_update        x . . . . x  .  x
@@ -20,13 +20,13 @@ task_delete        x . . . . x  .  x
 task_run           x . . . x .  .  x
 task_stop          x . . . x .  .  x
 task_resume        x . . . x .  .  x
-run_read           x x . . x x  .  .
+run_read           x x . x x x  .  .
 connection_read    x . . . . x  .  x
 connection_create  x . . . . x  .  x
 connection_update  x . . . . x  .  x
 connection_delete  x . . . . x  .  x
 connection_test    x . . . x x  .  x
-gateway_read       x x . . x x  .  .
+gateway_read       x x . x x x  .  .
 gateway_manage     x . . . . .  .  x
 data_consume       x . x . . .  .  .
 data_asset_create  x . . . . x  .  .
@@ -231,7 +231,8 @@ const GRANTS: &[(&[SpaceRole], SpaceRole, bool)] = {
         (&[CanEdit], Owner, false),
         (&[CanEdit], CanEdit, false),
         (&[CanManage], CanEdit, false),
-        (&[CanManage], CanView, false),
+        (&[CanManage], CanView, true),
+        (&[CanManage], CanOperate, false),
         (&[CanManage], CanManage, true),
         (&[CanManage, CanEdit], CanEdit, true),
         (&[CanManage, CanEdit], CanOperate, false),
