@@ -43,16 +43,28 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying the same operation again may succeed: lost connections, pool timeouts,
-    /// and conflicts with another writer (re-read, then try again).
+    /// Whether the same call may succeed if made again unchanged: a lost connection, a pool
+    /// timeout, a PostgreSQL serialization failure or deadlock, a busy SQLite database.
+    ///
+    /// A [`Conflict`](Self::Conflict) is not: the caller reads the object again and decides
+    /// (an optimistic update needs the new version; a taken name stays taken).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Database { source, .. } => matches!(
-                source,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            ),
-            Self::Conflict(_) => true,
-            Self::NotFound { .. } | Self::Invalid { .. } | Self::Export(_) => false,
+            Self::Database { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+                // 40001 serialization_failure, 40P01 deadlock_detected (PostgreSQL);
+                // 5 SQLITE_BUSY, 6 SQLITE_LOCKED, 517 SQLITE_BUSY_SNAPSHOT.
+                sqlx::Error::Database(e) => {
+                    matches!(
+                        e.code().as_deref(),
+                        Some("40001" | "40P01" | "5" | "6" | "517")
+                    )
+                }
+                _ => false,
+            },
+            Self::NotFound { .. } | Self::Invalid { .. } | Self::Conflict(_) | Self::Export(_) => {
+                false
+            }
         }
     }
 }

@@ -31,6 +31,7 @@
 //! assert_eq!(page.items, vec![space]);
 //! # Ok(())
 //! # }
+//! # let _ = demo;
 //! ```
 
 #![forbid(unsafe_code)]

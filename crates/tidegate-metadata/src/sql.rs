@@ -143,10 +143,20 @@ impl fmt::Debug for StoreOptions {
 }
 
 /// The durable [`MetadataStore`] on SQLite or PostgreSQL. Cheap to clone (a pool handle).
-#[derive(Clone, Debug)]
+/// `Debug` shows the backend and pool size, never connection options.
+#[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+}
+
+impl fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend)
+            .field("connections", &self.pool.size())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqlStore {

@@ -17,16 +17,17 @@ use crate::{
 ///
 /// # Contract
 ///
-/// * **Durability:** an operation that returned `Ok` is committed; every operation is atomic
-///   (one statement or one transaction), so a failed or cancelled call changes nothing.
-/// * **Cancellation:** dropping a returned future before it completes is safe: the open
-///   transaction rolls back. Whether a dropped write reached the database is unknown; read
-///   before retrying.
+/// * **Durability:** an operation that returned `Ok` is committed. Every operation is atomic
+///   (one statement or one transaction): a failed call changes nothing.
+/// * **Cancellation:** dropping a returned future is safe: an open transaction rolls back.
+///   A write dropped while its commit was in flight has either happened entirely or not at
+///   all; read before doing it again.
 /// * **Concurrency:** several control planes may share one database (PostgreSQL). Updates of
 ///   objects with a `version` are compare-and-swap on that version; run state changes are
 ///   compare-and-swap on the state; uniqueness (names, one active data key per tenant, one
 ///   active run per task) is enforced by the database. Losing a race is
-///   [`Error::Conflict`], which [`Error::is_retryable`]: read again and decide.
+///   [`Error::Conflict`]: read again and decide (a conflict is not
+///   [`Error::is_retryable`]).
 /// * **Pagination:** lists that can grow take a [`PageRequest`] and return a [`Page`] in a
 ///   stable order (creation time, then id), keyset-paginated.
 /// * **Deletion:** deleting an object that others still use is refused with
