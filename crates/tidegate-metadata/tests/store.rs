@@ -203,7 +203,8 @@ struct Fixture {
     task_id: String,
 }
 
-async fn fixture(store: &SqlStore, tenant: &str) -> Result<Fixture> {
+/// Generic over the trait, as callers of the store are.
+async fn fixture(store: &impl MetadataStore, tenant: &str) -> Result<Fixture> {
     let tenant = store.create_tenant(tenant).await?;
     let space = store.create_space(&space(&tenant.id, "main")).await?;
     let gateway = store
