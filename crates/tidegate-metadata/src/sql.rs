@@ -1,28 +1,6 @@
 //! [`SqlStore`]: the [`MetadataStore`] on SQLite or PostgreSQL, through sqlx.
 //!
-//! # One code path, two databases
-//!
-//! The store uses sqlx's `Any` driver: one pool type, one set of queries, one row decoder, and
-//! the backend chosen by the URL at run time. An enum over a `SqlitePool` and a `PgPool` would
-//! have needed every query and decoder written twice (or hidden behind a macro) for no gain:
-//! the schema is written for what both databases share.
-//!
-//! * Placeholders are `$1`, `$2`, ... which SQLite accepts too. Everything is a bound
-//!   parameter; no value is ever formatted into SQL.
-//! * Column types are the common ground: `TEXT` ids and names, `BIGINT` Unix milliseconds and
-//!   versions, `BLOB`/`BYTEA` for digests and sealed bytes, JSON as `TEXT`. Booleans are
-//!   `BOOLEAN` on PostgreSQL and `INTEGER` 0/1 on SQLite (the `Any` driver cannot read SQLite's
-//!   `BOOLEAN`); [`get_bool`] reads both.
-//! * `INSERT ... SELECT ... FROM parent WHERE id = $n RETURNING ...` creates a child and
-//!   checks its parent in one statement; `UPDATE ... WHERE version = $n RETURNING ...` is the
-//!   compare-and-swap of optimistic concurrency. Both databases support `RETURNING`.
-//! * Migrations are the SQL files under `migrations/sqlite` and `migrations/postgres`, compiled
-//!   into the binary, run by sqlx's migrator when the store opens (under an advisory lock on
-//!   PostgreSQL, so control planes starting together migrate once).
-//!
-//! The `Any` driver needs its drivers installed process-wide; [`SqlStore::open`] installs the
-//! SQLite and PostgreSQL drivers unless the application installed a set first (then that set
-//! must include the backend of the URL).
+//! Why the `Any` driver, and what keeps both databases identical: see [`SqlStore`].
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -144,6 +122,40 @@ impl fmt::Debug for StoreOptions {
 
 /// The durable [`MetadataStore`] on SQLite or PostgreSQL. Cheap to clone (a pool handle).
 /// `Debug` shows the backend and pool size, never connection options.
+///
+/// Open it with [`SqlStore::open`] (`sqlite://path/meta.db?mode=rwc`, `sqlite::memory:`,
+/// `postgres://user:password@host/db`) or [`SqlStore::open_with`] and [`StoreOptions`]; the
+/// schema migrates to [`SCHEMA_VERSION`] on open.
+///
+/// # One code path, two databases
+///
+/// The store uses sqlx's `Any` driver: one pool type, one set of queries, one row decoder, and
+/// the backend chosen by the URL at run time. An enum over a `SqlitePool` and a `PgPool` would
+/// have needed every query and decoder written twice (or hidden behind a macro) for no gain:
+/// the schema is written for what both databases share.
+///
+/// * Placeholders are `$1`, `$2`, ... which SQLite accepts too. Everything is a bound
+///   parameter; no value is ever formatted into SQL.
+/// * Column types are the common ground: `TEXT` ids and names, `BIGINT` Unix milliseconds and
+///   versions, `BLOB`/`BYTEA` for digests and sealed bytes, JSON as `TEXT`. Booleans are
+///   `BOOLEAN` on PostgreSQL and `INTEGER` 0/1 on SQLite (the `Any` driver cannot read SQLite's
+///   `BOOLEAN`); the store reads both.
+/// * `INSERT ... SELECT ... FROM parent WHERE id = $n RETURNING ...` creates a child and
+///   checks its parent in one statement; `UPDATE ... WHERE version = $n RETURNING ...` is the
+///   compare-and-swap of optimistic concurrency. Both databases support `RETURNING`.
+/// * Migrations are the SQL files under `migrations/sqlite` and `migrations/postgres`, compiled
+///   into the binary, run by sqlx's migrator when the store opens (under an advisory lock on
+///   PostgreSQL, so control planes starting together migrate once).
+///
+/// * SQLite connections run in WAL mode with foreign keys on and a 5 s busy timeout: readers
+///   never wait, writers take turns. A transaction that writes does so first, so it holds the
+///   write lock before it reads.
+/// * Optional filters are `($n IS NULL OR column = $n)` in static SQL, and the keyset is
+///   `(key, id) > ($k, $i)`; every list has an index on its filter and sort key.
+///
+/// The `Any` driver needs its drivers installed process-wide; [`SqlStore::open`] installs the
+/// SQLite and PostgreSQL drivers unless the application installed a set first (then that set
+/// must include the backend of the URL).
 #[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,

@@ -214,3 +214,11 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only');
 END;
+
+-- Lists are keyset-paginated by (creation time, id) within their parent.
+CREATE INDEX tenants_list ON tenants (created_at_ms, id);
+CREATE INDEX data_spaces_list ON data_spaces (tenant_id, created_at_ms, id);
+CREATE INDEX users_list ON users (tenant_id, created_at_ms, id);
+CREATE INDEX gateways_list ON gateways (space_id, created_at_ms, id);
+CREATE INDEX connections_list ON connections (space_id, created_at_ms, id);
+CREATE INDEX data_tasks_list ON data_tasks (space_id, created_at_ms, id);
