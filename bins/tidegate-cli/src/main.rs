@@ -152,7 +152,8 @@ enum Connections {
         /// A setting, `key=value`; repeat.
         #[arg(long = "setting", value_name = "KEY=VALUE")]
         settings: Vec<String>,
-        /// A secret's name; its value comes from TIDEGATE_SECRET_<NAME> or a prompt; repeat.
+        /// A secret's name; its value comes from TIDEGATE_SECRET_{NAME} (upper case) or a
+        /// prompt; repeat.
         #[arg(long = "secret", value_name = "NAME")]
         secrets: Vec<String>,
     },
