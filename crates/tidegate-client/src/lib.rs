@@ -243,17 +243,21 @@ pub fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client, Error> {
 }
 
 fn transport(method: &'static str, path: &str, error: reqwest::Error) -> Error {
-    let error = error.without_url();
-    let mut reason = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
     Error::Transport {
         method,
         path: path.to_owned(),
-        reason,
+        reason: error_chain(&error.without_url()),
     }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -214,7 +214,12 @@ impl OidcLogin {
         };
         let metadata = CoreProviderMetadata::discover_async(issuer, &http)
             .await
-            .map_err(|e| provider(format!("discovery failed: {}", chain(&e))))?;
+            .map_err(|e| {
+                provider(format!(
+                    "discovery failed: {}",
+                    tidegate_client::error_chain(&e)
+                ))
+            })?;
         if metadata.token_endpoint().is_none() {
             return Err(provider("the provider has no token endpoint".into()));
         }
@@ -271,7 +276,12 @@ impl OidcLogin {
             .set_pkce_verifier(pending.verifier)
             .request_async(&self.http)
             .await
-            .map_err(|e| refused(format!("code exchange failed: {}", chain(&e))))?;
+            .map_err(|e| {
+                refused(format!(
+                    "code exchange failed: {}",
+                    tidegate_client::error_chain(&e)
+                ))
+            })?;
         let id_token = token
             .id_token()
             .ok_or_else(|| refused("the provider returned no ID token".into()))?;
@@ -348,16 +358,4 @@ fn require_https_or_loopback(field: &str, url: &url::Url) -> Result<(), Error> {
 /// roots and `ca_pem`.
 fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client, Error> {
     tidegate_client::http_client(ca_pem).map_err(|e| Error::OidcConfig(e.to_string()))
-}
-
-/// An error and its causes on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
