@@ -104,17 +104,22 @@ enum Admitted {
     Refused,
 }
 
-/// Runs one gateway's session until the link fails or the control plane stops.
-pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, binding: [u8; 32]) {
+/// Runs one gateway's session until the link fails or the control plane stops. `gateway` is
+/// its record as read when it connected: the handshake's admission check is synchronous.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    gateway: GatewayRecord,
+    ws: WebSocket,
+    binding: [u8; 32],
+) {
     let binding = ChannelBinding::new(binding);
     let handshake = ControlPlaneHandshake::new(LinkConfig::default());
     let interval = shared.config.heartbeat_interval;
-    // Read before the handshake: its admission check is synchronous.
-    let gateway = shared.store.gateway(&gateway_id).await;
+    let gateway_id = gateway.id.clone();
     let mut decision = Admitted::Refused;
     let admit = |hello: &tidegate_proto::Hello, version| {
         let software = hello.software.clone();
-        match (version, &gateway) {
+        match (version, &gateway.state) {
             (None, _) => {
                 let reason = format!(
                     "protocol versions {}..={} are no longer supported; upgrade the gateway",
@@ -126,12 +131,7 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
                     message: String::new(),
                 })
             }
-            (Some(_), Ok(g))
-                if matches!(
-                    g.state,
-                    GatewayState::Active | GatewayState::Outdated { .. }
-                ) =>
-            {
+            (Some(_), GatewayState::Active | GatewayState::Outdated { .. }) => {
                 decision = Admitted::Admitted { software };
                 Admission::Admit {
                     heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
@@ -144,9 +144,7 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
         }
     };
     let outcome = handshake.run(transport(ws), &binding, admit).await;
-    if let Ok(gateway) = gateway {
-        record_admission(&shared, gateway, decision).await;
-    }
+    record_admission(&shared, gateway, decision).await;
     let (link, _hello, version) = match outcome {
         Ok(done) => done,
         Err(error) => {

@@ -254,5 +254,5 @@ pub(crate) async fn connect(
     let binding = tls.channel_binding;
     Ok(ws
         .max_message_size(tidegate_proto::DEFAULT_MAX_FRAME_LEN + tidegate_channel::OVERHEAD)
-        .on_upgrade(move |socket| crate::sessions::run(shared, gateway_id, socket, binding)))
+        .on_upgrade(move |socket| crate::sessions::run(shared, gateway, socket, binding)))
 }
