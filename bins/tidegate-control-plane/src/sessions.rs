@@ -95,11 +95,11 @@ fn transport(ws: WebSocket) -> impl tidegate_link::Transport {
 
 /// What the handshake decided about a gateway, to be written down once it is over (the
 /// handshake's admission check cannot wait for the database).
-enum Admitted {
+enum Decision {
     /// Refused: it speaks only protocol versions this control plane no longer supports.
     Outdated { reason: String, software: String },
     /// Let in.
-    Admitted { software: String },
+    Let { software: String },
     /// Refused: not enrolled, deactivated, or unknown.
     Refused,
 }
@@ -116,7 +116,7 @@ pub(crate) async fn run(
     let handshake = ControlPlaneHandshake::new(LinkConfig::default());
     let interval = shared.config.heartbeat_interval;
     let gateway_id = gateway.id.clone();
-    let mut decision = Admitted::Refused;
+    let mut decision = Decision::Refused;
     let admit = |hello: &tidegate_proto::Hello, version| {
         let software = hello.software.clone();
         match (version, &gateway.state) {
@@ -125,14 +125,14 @@ pub(crate) async fn run(
                     "protocol versions {}..={} are no longer supported; upgrade the gateway",
                     hello.min_version.0, hello.max_version.0
                 );
-                decision = Admitted::Outdated { reason, software };
+                decision = Decision::Outdated { reason, software };
                 Admission::Refuse(Refusal {
                     reason: RefusalReason::Deactivated,
                     message: String::new(),
                 })
             }
             (Some(_), GatewayState::Active | GatewayState::Outdated { .. }) => {
-                decision = Admitted::Admitted { software };
+                decision = Decision::Let { software };
                 Admission::Admit {
                     heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
                 }
@@ -245,11 +245,11 @@ pub(crate) async fn run(
 
 /// Writes down what the handshake decided: an outdated gateway is shown as such, an admitted
 /// one is active (again) with the software it announced.
-async fn record_admission(shared: &Shared, mut gateway: GatewayRecord, decision: Admitted) {
+async fn record_admission(shared: &Shared, mut gateway: GatewayRecord, decision: Decision) {
     let (state, software) = match decision {
-        Admitted::Outdated { reason, software } => (GatewayState::Outdated { reason }, software),
-        Admitted::Admitted { software } => (GatewayState::Active, software),
-        Admitted::Refused => return,
+        Decision::Outdated { reason, software } => (GatewayState::Outdated { reason }, software),
+        Decision::Let { software } => (GatewayState::Active, software),
+        Decision::Refused => return,
     };
     if gateway.state == state && gateway.software.as_deref() == Some(software.as_str()) {
         return;
