@@ -650,11 +650,13 @@ async fn secrets_are_sealed_at_rest_and_never_shown() {
     };
     scan(&state_dir);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(state_dir.join("keys"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    for file in ["keys", "metadata.db"] {
+        let mode = std::fs::metadata(state_dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
 
     // A restart finds everything again: the tenant, its data key, the connection.
     let port = h.cp.local_addr().port();

@@ -55,7 +55,11 @@ pub(crate) async fn prepare(config: &ControlPlaneConfig) -> Result<Prepared, Err
     };
     let options = match &config.database_url {
         Some(url) => StoreOptions::new(url.clone()),
-        None => StoreOptions::sqlite_file(&dir.join(DATABASE_FILE)),
+        None => {
+            let file = dir.join(DATABASE_FILE);
+            create_private_file(&file)?;
+            StoreOptions::sqlite_file(&file)
+        }
     };
     let store = SqlStore::open_with(&options).await?;
     let provider: Arc<dyn KeyProvider> =
@@ -91,6 +95,25 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
         return Err(failed(std::io::Error::other("not a directory")));
     }
     Ok(())
+}
+
+/// Creates `file` empty and readable by its owner only, unless it exists. SQLite gives its
+/// journal files the database file's mode, so they are private too.
+fn create_private_file(file: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(Error::StateDir {
+            path: file.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Every item of a list, page by page.
