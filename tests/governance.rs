@@ -12,7 +12,7 @@ use tidegate::client::Client;
 use tidegate::control_plane::OidcConfig;
 use tidegate::identity::Zeroizing;
 use tidegate::metadata::{MetadataStore, NewLoginSession, TokenDigest};
-use tidegate_testkit::OidcProvider;
+use tidegate_testkit::{OidcProvider, PgServer};
 
 const PASSWORD: &str = "a long enough password";
 
@@ -976,4 +976,58 @@ async fn single_sign_on_through_a_real_openid_provider() {
         .unwrap_err();
     assert_eq!(error.status(), Some(403), "{error}");
     assert!(error.to_string().contains("no such user"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_planes_sharing_a_postgres_database_agree() {
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("metadata").unwrap();
+    let url = pg.url("metadata");
+    // Both hold the same key file: the key-encryption key must be shared too.
+    let state = tempfile::tempdir().unwrap();
+    let shared = |c: &mut tidegate::control_plane::ControlPlaneConfig| {
+        c.state_dir = Some(state.path().to_path_buf());
+        c.database_url = Some(url.clone());
+    };
+    let a = Harness::start_with(shared).await;
+    let b = Harness::start_with(shared).await;
+    assert_eq!(a.cp.tenant_id(), b.cp.tenant_id());
+    assert_eq!(a.cp.default_space_id(), b.cp.default_space_id());
+    assert!(!state.path().join("metadata.db").exists());
+
+    let admin = a.login(ADMIN, ADMIN_PASSWORD).await;
+    let space = new_space(&admin, "shared").await;
+    let dave = user(&admin, "dave").await;
+    grant(&admin, &space, &dave, "can_view").await;
+    // Dave logs in at B and reads the space A gave him.
+    let at_b = b.login("dave", PASSWORD).await;
+    let path = format!("/api/v1/spaces/{space}");
+    at_b.get(&path).await.unwrap();
+    // A takes the role back: B refuses Dave's next request.
+    admin
+        .delete(&format!(
+            "/api/v1/spaces/{space}/members/{dave}/roles/can_view"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status(at_b.get(&path)).await, 403);
+    // A session ended at A is ended at B.
+    let session = b.login("dave", PASSWORD).await;
+    session.get("/api/v1/auth/me").await.unwrap();
+    admin
+        .patch(&format!("/api/v1/users/{dave}"), &json!({"disabled": true}))
+        .await
+        .unwrap();
+    assert_eq!(status(session.get("/api/v1/auth/me")).await, 401);
+    // Each logs its own requests into the one audit log.
+    let events = b
+        .login(ADMIN, ADMIN_PASSWORD)
+        .await
+        .get("/api/v1/audit?action=member.revoke")
+        .await
+        .unwrap();
+    assert_eq!(events["items"].as_array().unwrap().len(), 1, "{events}");
 }
