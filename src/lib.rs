@@ -17,6 +17,7 @@
 //! | [`rbac`] | role-based access control, deny by default |
 //! | [`secrets`] | envelope encryption of credentials at rest |
 //! | [`metadata`] | the control plane's metadata model |
+//! | [`identity`] | passwords, login sessions, OpenID Connect login |
 //! | [`replicate`] | the Arrow-based copy core: sources, sinks, Parquet |
 //! | [`gateway`] | the gateway runtime |
 //! | [`control_plane`] | the control-plane runtime |
@@ -32,6 +33,7 @@ pub use tidegate_channel as channel;
 pub use tidegate_client as client;
 pub use tidegate_control_plane as control_plane;
 pub use tidegate_gateway as gateway;
+pub use tidegate_identity as identity;
 pub use tidegate_link as link;
 pub use tidegate_metadata as metadata;
 pub use tidegate_proto as proto;

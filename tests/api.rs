@@ -8,6 +8,7 @@ mod common;
 use common::{Harness, OPERATOR};
 use serde_json::{Value, json};
 use tidegate::gateway::{Gateway, LinkState};
+use tidegate::metadata::{MetadataStore, PageRequest};
 
 /// Sends a raw request and returns the status and the JSON body.
 async fn raw(
@@ -180,11 +181,21 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             "{name}: unclear error {value}"
         );
     }
+    let space = h.cp.default_space_id();
+    let page = PageRequest::default();
+    let store = h.cp.store();
     assert!(
-        h.cp.store().gateways().is_empty(),
+        store.gateways(space, &page).await.unwrap().items.is_empty(),
         "a refused request created a gateway"
     );
-    assert!(h.cp.store().connection_views().is_empty());
+    assert!(
+        store
+            .connections(space, &page)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +222,7 @@ async fn run_failures_reach_the_operator_as_metadata() {
         .wait_for(|s| *s == LinkState::Online)
         .await
         .unwrap();
-    common::wait_for(|| h.gateway(&id).online).await;
+    common::wait_for(async || h.gateway(&id).await.online).await;
     let run = h.api.post(&runs, json!({})).await.unwrap();
     let last = h.wait_run_end(run["id"].as_str().unwrap()).await;
     assert_eq!(last["state"], json!("Failed"), "{last}");
@@ -249,7 +260,7 @@ async fn a_stopped_run_leaves_no_complete_looking_output() {
         .wait_for(|s| *s == LinkState::Online)
         .await
         .unwrap();
-    common::wait_for(|| h.gateway(&id).online).await;
+    common::wait_for(async || h.gateway(&id).await.online).await;
 
     // Stopping a task that is not running is refused with a reason.
     let err = h

@@ -28,18 +28,18 @@ async fn enrolled_gateway_goes_online_and_offline() {
     let meta = std::fs::metadata(Identity::path(&config.state_dir)).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    assert_eq!(h.gateway(&id).state, GatewayState::Active);
+    assert_eq!(h.gateway(&id).await.state, GatewayState::Active);
 
     let gateway = Gateway::start(config, identity).unwrap();
     let mut state = gateway.state();
     state.wait_for(|s| *s == LinkState::Online).await.unwrap();
-    wait_for(|| h.gateway(&id).online).await;
+    wait_for(async || h.gateway(&id).await.online).await;
     // Heartbeats keep it online across several intervals.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(h.gateway(&id).online);
+    assert!(h.gateway(&id).await.online);
     assert_eq!(*state.borrow(), LinkState::Online);
     gateway.shutdown().await;
-    wait_for(|| !h.gateway(&id).online).await;
+    wait_for(async || !h.gateway(&id).await.online).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +49,7 @@ async fn enrollment_token_is_single_use() {
     let first = tidegate::gateway::enroll(&h.config("a"), &token)
         .await
         .unwrap();
-    let key_after_first = h.gateway(&id).public_key;
+    let key_after_first = h.gateway(&id).await.public_key;
     let second = tidegate::gateway::enroll(&h.config("b"), &token).await;
     match second {
         Err(Error::Rejected {
@@ -60,7 +60,7 @@ async fn enrollment_token_is_single_use() {
         }
         other => panic!("reused token was not refused: {other:?}"),
     }
-    assert_eq!(h.gateway(&id).public_key, key_after_first);
+    assert_eq!(h.gateway(&id).await.public_key, key_after_first);
     assert_eq!(
         key_after_first.as_deref(),
         Some(first.key.public_key().to_base64().as_str())
@@ -103,7 +103,7 @@ async fn wrong_server_certificate_and_wrong_pin_are_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("pinned"), "{err}");
-    assert!(!h.gateway(&id).online);
+    assert!(!h.gateway(&id).await.online);
 
     // The right pin (SHA-256 of the leaf certificate's DER) is accepted.
     use rustls_pki_types::pem::PemObject;
@@ -135,20 +135,22 @@ async fn unsupported_protocol_version_is_refused_and_shown_deactivated() {
         }
         other => panic!("not refused: {other}"),
     }
-    match h.gateway(&id).state {
+    // The control plane records the refusal once the handshake is over.
+    wait_for(async || matches!(h.gateway(&id).await.state, GatewayState::Outdated { .. })).await;
+    match h.gateway(&id).await.state {
         GatewayState::Outdated { reason } => {
             assert!(reason.contains("no longer supported"), "{reason}")
         }
         other => panic!("gateway not shown as deactivated: {other:?}"),
     }
-    assert!(!h.gateway(&id).online);
+    assert!(!h.gateway(&id).await.online);
 
     // Upgraded (it offers a supported version again), it is let in and active again.
     config.protocol_versions = tidegate::proto::SUPPORTED_VERSIONS;
     let (_link, _) = tidegate::gateway::dial_once(&config, &identity)
         .await
         .unwrap();
-    assert_eq!(h.gateway(&id).state, GatewayState::Active);
+    wait_for(async || h.gateway(&id).await.state == GatewayState::Active).await;
 }
 
 /// Opens TLS to the control plane and returns the stream with its auth binding.
@@ -252,7 +254,10 @@ async fn bad_gateway_tokens_are_refused_without_state_change() {
     for (name, mint) in cases {
         let status = upgrade_status(&h, mint).await;
         assert_eq!(status, 401, "{name}: got HTTP {status}");
-        assert!(!h.gateway(&id2).online, "{name} brought the gateway online");
+        assert!(
+            !h.gateway(&id2).await.online,
+            "{name} brought the gateway online"
+        );
     }
     // The same harness with a valid token upgrades: the refusals above are the tokens' fault.
     let k = key.clone();
@@ -472,9 +477,9 @@ async fn enrollment_and_link_go_through_an_http_connect_proxy_and_survive_a_cut(
     let mut state = gateway.state();
     state.wait_for(|s| *s == LinkState::Online).await.unwrap();
     assert!(proxy.tunnels() > after_enroll);
-    wait_for(|| h.gateway(&id).online).await;
+    wait_for(async || h.gateway(&id).await.online).await;
     // Metrics reach the control plane as counts only.
-    wait_for(|| h.gateway(&id).metrics.is_some()).await;
+    wait_for(async || h.gateway(&id).await.metrics.is_some()).await;
 
     // Cut the path: the gateway notices, backs off, dials again through the proxy.
     let before_cut = proxy.tunnels();
@@ -488,7 +493,7 @@ async fn enrollment_and_link_go_through_an_http_connect_proxy_and_survive_a_cut(
         proxy.tunnels() > before_cut,
         "reconnected without the proxy"
     );
-    wait_for(|| h.gateway(&id).online).await;
+    wait_for(async || h.gateway(&id).await.online).await;
     gateway.shutdown().await;
 }
 
@@ -529,5 +534,5 @@ async fn garbage_instead_of_a_hello_closes_the_link() {
         ),
         "unexpected answer: {next:?}"
     );
-    assert!(!h.gateway(&id).online);
+    assert!(!h.gateway(&id).await.online);
 }

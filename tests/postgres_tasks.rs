@@ -69,7 +69,7 @@ async fn postgres_to_s3_with_sse_kms_through_a_gateway() {
 
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(|| harness.gateway(&gateway_id).online).await;
+    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
     let target = json!({
         "name": "lake", "kind": "s3",
         "settings": {
@@ -166,7 +166,7 @@ async fn postgres_to_postgres_through_a_gateway() {
     pg.execute("src", SOURCE_SQL).unwrap();
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(|| harness.gateway(&gateway_id).online).await;
+    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
 
     let run = run_task(
         &harness,
@@ -223,7 +223,7 @@ async fn a_failed_run_resumes_redoing_only_unfinished_tables() {
     .unwrap();
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(|| harness.gateway(&gateway_id).online).await;
+    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
 
     let run = run_task(
         &harness,
@@ -297,7 +297,7 @@ async fn odbc_to_postgres_through_a_gateway() {
     pg.execute("src", SOURCE_SQL).unwrap();
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(|| harness.gateway(&gateway_id).online).await;
+    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
 
     let odbc = |password: &str| {
         json!({

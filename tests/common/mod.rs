@@ -5,26 +5,47 @@
 // `mod common;` in each file, which the lint cannot see.
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 use tidegate::control_plane::{ControlPlane, ControlPlaneConfig, RunningControlPlane};
 use tidegate::dev_tls::ThrowawayCa;
 use tidegate::gateway::{ClientTls, GatewayConfig, Identity};
+use tidegate::metadata::{GatewayState, MetadataStore, MetricsReport};
 use tidegate::proto::SecretString;
 use tidegate::quickstart::Api;
 
 pub const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
+/// The bootstrap administrator of [`Harness::start`], holding every system role.
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin password for tests";
 
 pub struct Harness {
     pub ca: ThrowawayCa,
     pub cp: RunningControlPlane,
     pub api: Api,
     pub dir: tempfile::TempDir,
+    /// Makes the names of objects the harness creates unique: names are unique per data space.
+    serial: AtomicU32,
+}
+
+/// What a test checks about a gateway: its stored state and whether it is online.
+#[derive(Debug)]
+pub struct GatewayInfo {
+    pub state: GatewayState,
+    pub online: bool,
+    pub public_key: Option<String>,
+    pub metrics: Option<MetricsReport>,
 }
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A harness whose control plane configuration `configure` adjusts first.
+    pub async fn start_with(configure: impl FnOnce(&mut ControlPlaneConfig)) -> Self {
         tidegate::install_crypto_provider();
         let ca = ThrowawayCa::new(&["localhost", "127.0.0.1"]).unwrap();
         let mut config = ControlPlaneConfig::new(ca.server_tls());
@@ -32,6 +53,8 @@ impl Harness {
         config.id = "cp-test".into();
         config.operator_tokens = vec![SecretString::new(OPERATOR)];
         config.heartbeat_interval = Duration::from_millis(300);
+        config.bootstrap_admin = Some((ADMIN.into(), SecretString::new(ADMIN_PASSWORD)));
+        configure(&mut config);
         let cp = ControlPlane::start(config).await.unwrap();
         let api = Api::new(&ca.ca_pem, cp.local_addr().port(), OPERATOR).unwrap();
         Self {
@@ -39,14 +62,47 @@ impl Harness {
             cp,
             api,
             dir: tempfile::tempdir().unwrap(),
+            serial: AtomicU32::new(0),
         }
+    }
+
+    /// The REST client of `tidegate-client`, without a token.
+    pub fn client(&self) -> tidegate::client::Client {
+        tidegate::client::Client::new(
+            &format!("https://localhost:{}", self.cp.local_addr().port()),
+            Some(&self.ca.ca_pem),
+        )
+        .unwrap()
+    }
+
+    /// A client holding the operator token.
+    pub fn operator(&self) -> tidegate::client::Client {
+        self.client().with_token(OPERATOR)
+    }
+
+    /// Logs `username` in with `password`: a client holding the session token.
+    pub async fn login(&self, username: &str, password: &str) -> tidegate::client::Client {
+        let answer = self
+            .client()
+            .post(
+                "/api/v1/auth/login",
+                &json!({"username": username, "password": password}),
+            )
+            .await
+            .unwrap();
+        self.client().with_token(answer["token"].as_str().unwrap())
+    }
+
+    /// A name not used before in this harness: `base #n`.
+    pub fn unique(&self, base: &str) -> String {
+        format!("{base} #{}", self.serial.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Creates a gateway on the control plane: its id and one-time enrollment token.
     pub async fn create_gateway(&self) -> (String, String) {
         let v = self
             .api
-            .post("/api/v1/gateways", json!({"name": "gw"}))
+            .post("/api/v1/gateways", json!({"name": self.unique("gw")}))
             .await
             .unwrap();
         (
@@ -83,16 +139,20 @@ impl Harness {
     pub async fn create_task(
         &self,
         gateway_id: &str,
-        source: serde_json::Value,
-        target: serde_json::Value,
+        mut source: serde_json::Value,
+        mut target: serde_json::Value,
     ) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+        for connection in [&mut source, &mut target] {
+            let name = connection["name"].as_str().unwrap().to_owned();
+            connection["name"] = json!(self.unique(&name));
+        }
         let src = self.api.post("/api/v1/connections", source).await.unwrap();
         let dst = self.api.post("/api/v1/connections", target).await.unwrap();
         let task = self
             .api
             .post(
                 "/api/v1/tasks",
-                json!({"name": "t", "gateway_id": gateway_id,
+                json!({"name": self.unique("t"), "gateway_id": gateway_id,
                        "source_id": src["id"], "target_id": dst["id"]}),
             )
             .await
@@ -113,14 +173,20 @@ impl Harness {
         panic!("run {run_id} did not end within 10 s");
     }
 
-    pub fn gateway(&self, id: &str) -> tidegate::metadata::Gateway {
-        self.cp.store().gateway(id).unwrap()
+    pub async fn gateway(&self, id: &str) -> GatewayInfo {
+        let record = self.cp.store().gateway(id).await.unwrap();
+        GatewayInfo {
+            state: record.state,
+            online: self.cp.gateway_online(id),
+            public_key: record.public_key,
+            metrics: record.metrics,
+        }
     }
 }
 
-pub async fn wait_for(mut f: impl FnMut() -> bool) {
+pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {
-        if f() {
+        if f().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

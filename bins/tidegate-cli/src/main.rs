@@ -170,7 +170,12 @@ enum Connections {
 #[derive(Subcommand)]
 enum Gateways {
     /// List gateways.
-    List(Page),
+    List {
+        #[arg(long)]
+        space: Option<String>,
+        #[command(flatten)]
+        page: Page,
+    },
     /// Register a gateway and print its one-time enrollment token.
     Create {
         name: String,
@@ -521,10 +526,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             ),
         },
         Command::Gateways(cmd) => match cmd {
-            Gateways::List(page) => list(
-                c.get(&format!("/api/v1/gateways{}", page_query(&page, &[])))
-                    .await
-                    .map_err(e)?,
+            Gateways::List { space, page } => list(
+                c.get(&format!(
+                    "/api/v1/gateways{}",
+                    page_query(&page, &[("space_id", space)])
+                ))
+                .await
+                .map_err(e)?,
                 &["id", "name", "state", "online", "version"],
                 json_out,
             ),

@@ -2,10 +2,16 @@
 //!
 //! It serves, on one TLS port (TLS 1.2 and 1.3 only):
 //!
-//! * the REST API under `/api/v1` for operators (gateways and their enrollment, connections,
-//!   data tasks, runs), authorized through `tidegate-rbac`, deny by default;
+//! * the REST API under `/api/v1` for people and tools (logins, users, data spaces and their
+//!   members, gateways and their enrollment, connections, data tasks, runs, the audit log),
+//!   authorized through `tidegate-rbac`, deny by default;
 //! * `/v1/gateway/connect`, where gateways open their WebSocket command-and-control link,
 //!   authenticated with a TLS-bound JWT and sealed with per-connection channel keys.
+//!
+//! Its metadata lives in a `tidegate_metadata::SqlStore` (a SQLite file under the state
+//! directory, or a PostgreSQL database several control planes share); connection credentials
+//! are sealed there under the tenant's data key (`tidegate-secrets`), whose key-encryption key
+//! sits in a `0600` key file beside the database.
 //!
 //! It never opens a connection to a gateway, and no message it can receive carries row data.
 //! The binary `tidegate-control-plane` only reads configuration and calls [`ControlPlane::start`].
@@ -15,19 +21,24 @@
 
 mod api;
 mod sessions;
+mod setup;
 mod tls;
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tidegate_metadata::MemoryStore;
+use tidegate_metadata::SqlStore;
 use tidegate_proto::SecretString;
 use tidegate_rbac::Authorizer;
+use tidegate_secrets::Keyring;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use tidegate_identity::oidc::OidcConfig;
 pub use tls::ServerTls;
 
 /// Why the control plane could not start.
@@ -45,13 +56,30 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The state directory could not be created or used.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The metadata database could not be opened or prepared.
+    #[error("metadata: {0}")]
+    Metadata(#[from] tidegate_metadata::Error),
+    /// The key file or the tenant's data keys could not be used.
+    #[error("secrets: {0}")]
+    Secrets(#[from] tidegate_secrets::Error),
+    /// The bootstrap administrator could not be created.
+    #[error("bootstrap administrator: {0}")]
+    Bootstrap(String),
     /// The authorization engine failed to start.
     #[error("authorization: {0}")]
     Rbac(#[from] tidegate_rbac::Error),
 }
 
 /// How to run a control plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlPlaneConfig {
     /// Where to listen. Port 0 picks a free port ([`RunningControlPlane::local_addr`]).
     pub listen: SocketAddr,
@@ -59,12 +87,56 @@ pub struct ControlPlaneConfig {
     pub tls: ServerTls,
     /// This control plane's id: the audience gateway tokens must name.
     pub id: String,
-    /// Bearer tokens of operators with the operator role. Stored as given; keep them secret.
+    /// Break-glass bearer tokens of operators, who may do everything. Stored as given; keep
+    /// them secret, and offline once users hold roles.
     pub operator_tokens: Vec<SecretString>,
     /// How often each side of a gateway link sends a heartbeat.
     pub heartbeat_interval: Duration,
     /// How long an enrollment token stays valid.
     pub enrollment_ttl: Duration,
+    /// Where the control plane keeps its state: the metadata database `metadata.db` (unless
+    /// [`database_url`](Self::database_url) names another) and the key file `keys` (mode
+    /// `0600`). Without one, a private temporary directory is used and removed at
+    /// [`RunningControlPlane::shutdown`]: fine for tests and demos, not for keeping anything.
+    pub state_dir: Option<PathBuf>,
+    /// The metadata database: `sqlite://path?mode=rwc` or `postgres://user:password@host/db`
+    /// (control planes that share one PostgreSQL database must share the key file too).
+    /// Default: `<state_dir>/metadata.db`. Hidden from `Debug`: it may hold a password.
+    pub database_url: Option<String>,
+    /// A local user created at start if no user of that name exists, holding every system
+    /// role: the first administrator. The password must meet the password policy.
+    pub bootstrap_admin: Option<(String, SecretString)>,
+    /// How long a login session lasts.
+    pub session_ttl: Duration,
+    /// Single sign-on through an OpenID provider, if configured.
+    pub oidc: Option<OidcConfig>,
+    /// Whether a person the OpenID provider vouches for, unknown here, becomes a user (without
+    /// any role) at first login; otherwise such a login is refused.
+    pub oidc_auto_create: bool,
+}
+
+impl fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("listen", &self.listen)
+            .field("id", &self.id)
+            .field("operator_tokens", &self.operator_tokens.len())
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("enrollment_ttl", &self.enrollment_ttl)
+            .field("state_dir", &self.state_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "bootstrap_admin",
+                &self.bootstrap_admin.as_ref().map(|(name, _)| name),
+            )
+            .field("session_ttl", &self.session_ttl)
+            .field("oidc", &self.oidc)
+            .field("oidc_auto_create", &self.oidc_auto_create)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlPlaneConfig {
@@ -77,6 +149,12 @@ impl ControlPlaneConfig {
             operator_tokens: Vec::new(),
             heartbeat_interval: Duration::from_secs(10),
             enrollment_ttl: Duration::from_secs(24 * 3600),
+            state_dir: None,
+            database_url: None,
+            bootstrap_admin: None,
+            session_ttl: Duration::from_secs(12 * 3600),
+            oidc: None,
+            oidc_auto_create: false,
         }
     }
 }
@@ -85,10 +163,22 @@ impl ControlPlaneConfig {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: ControlPlaneConfig,
-    pub(crate) store: MemoryStore,
+    pub(crate) store: SqlStore,
+    /// The one tenant this control plane serves.
+    pub(crate) tenant_id: String,
+    /// The data space of requests that name none.
+    pub(crate) default_space_id: String,
+    /// The tenant's data keys: seals and opens connection credentials.
+    pub(crate) keyring: Keyring,
     pub(crate) authz: Authorizer,
+    /// Held while the `Authorizer` is brought in line with the store and a decision is made.
+    pub(crate) authz_lock: tokio::sync::Mutex<()>,
     pub(crate) sessions: sessions::Sessions,
+    pub(crate) oidc: api::OidcState,
     pub(crate) shutdown: CancellationToken,
+    /// The private state directory of a control plane started without one; removed at
+    /// shutdown, after the database is closed.
+    temp_dir: Mutex<Option<tempfile::TempDir>>,
 }
 
 /// Entry point: see [`ControlPlane::start`].
@@ -96,9 +186,12 @@ pub(crate) struct Shared {
 pub struct ControlPlane;
 
 impl ControlPlane {
-    /// Starts a control plane and returns once it listens.
+    /// Starts a control plane and returns once it listens: opens (and migrates) the metadata
+    /// database, makes sure the tenant, its default data space, its data key and the
+    /// bootstrap administrator exist, and binds the port.
     pub async fn start(config: ControlPlaneConfig) -> Result<RunningControlPlane, Error> {
         let server_config = config.tls.server_config()?;
+        let prepared = setup::prepare(&config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -115,11 +208,17 @@ impl ControlPlane {
         }
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
+            oidc: api::OidcState::new(config.oidc.clone()),
             config,
-            store: MemoryStore::new(),
+            store: prepared.store,
+            tenant_id: prepared.tenant_id,
+            default_space_id: prepared.default_space_id,
+            keyring: prepared.keyring,
             authz,
+            authz_lock: tokio::sync::Mutex::new(()),
             sessions: sessions::Sessions::default(),
             shutdown: shutdown.clone(),
+            temp_dir: Mutex::new(prepared.temp_dir),
         });
         let router = api::router(shared.clone());
         let task = tokio::spawn(tls::serve(
@@ -153,15 +252,39 @@ impl RunningControlPlane {
         self.local_addr
     }
 
-    /// Its metadata, for inspection by embedders and tests.
-    pub fn store(&self) -> &MemoryStore {
+    /// Its metadata store, for inspection by embedders and tests.
+    pub fn store(&self) -> &SqlStore {
         &self.shared.store
     }
 
-    /// Stops accepting connections, says goodbye to connected gateways and waits for the
-    /// listener to stop.
+    /// The id of the tenant it serves.
+    pub fn tenant_id(&self) -> &str {
+        &self.shared.tenant_id
+    }
+
+    /// The id of the data space of requests that name none.
+    pub fn default_space_id(&self) -> &str {
+        &self.shared.default_space_id
+    }
+
+    /// Whether the gateway holds a link to this control plane now.
+    pub fn gateway_online(&self, gateway_id: &str) -> bool {
+        self.shared.sessions.is_online(gateway_id)
+    }
+
+    /// Stops accepting connections, says goodbye to connected gateways, waits for the listener
+    /// to stop and closes the metadata database (removing the private state directory of a
+    /// control plane started without one).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+        self.shared.store.close().await;
+        let temp_dir = self
+            .shared
+            .temp_dir
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(temp_dir);
     }
 }

@@ -9,7 +9,7 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use bytes::Bytes;
 use tidegate_channel::ChannelBinding;
 use tidegate_link::{Admission, ControlPlaneHandshake, LinkConfig, TransportError};
-use tidegate_metadata::{GatewayState, TableRun, TaskState};
+use tidegate_metadata::{GatewayRecord, GatewayState, MetadataStore, TableRun, TaskState};
 use tidegate_proto::{
     Command, CommandId, CommandResult, Goodbye, Heartbeat, Message, Refusal, RefusalReason,
 };
@@ -44,6 +44,11 @@ impl Sessions {
         self.handles
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the gateway holds a link to this control plane now.
+    pub(crate) fn is_online(&self, gateway_id: &str) -> bool {
+        self.lock().contains_key(gateway_id)
     }
 
     /// Sends a command to a connected gateway and waits for its result.
@@ -88,41 +93,46 @@ fn transport(ws: WebSocket) -> impl tidegate_link::Transport {
     tidegate_link::Adapter::new(ws, decode, WsMessage::Binary)
 }
 
-/// Runs one gateway's session until the link fails or the control plane stops.
-pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, binding: [u8; 32]) {
+/// What the handshake decided about a gateway, to be written down once it is over (the
+/// handshake's admission check cannot wait for the database).
+enum Decision {
+    /// Refused: it speaks only protocol versions this control plane no longer supports.
+    Outdated { reason: String, software: String },
+    /// Let in.
+    Let { software: String },
+    /// Refused: not enrolled, deactivated, or unknown.
+    Refused,
+}
+
+/// Runs one gateway's session until the link fails or the control plane stops. `gateway` is
+/// its record as read when it connected: the handshake's admission check is synchronous.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    gateway: GatewayRecord,
+    ws: WebSocket,
+    binding: [u8; 32],
+) {
     let binding = ChannelBinding::new(binding);
     let handshake = ControlPlaneHandshake::new(LinkConfig::default());
     let interval = shared.config.heartbeat_interval;
+    let gateway_id = gateway.id.clone();
+    let mut decision = Decision::Refused;
     let admit = |hello: &tidegate_proto::Hello, version| {
         let software = hello.software.clone();
-        let gateway = shared.store.gateway(&gateway_id);
-        match (version, gateway) {
+        match (version, &gateway.state) {
             (None, _) => {
                 let reason = format!(
                     "protocol versions {}..={} are no longer supported; upgrade the gateway",
                     hello.min_version.0, hello.max_version.0
                 );
-                let _ = shared.store.update_gateway(&gateway_id, |g| {
-                    g.state = GatewayState::Outdated { reason };
-                    g.software = Some(software);
-                    Ok(())
-                });
+                decision = Decision::Outdated { reason, software };
                 Admission::Refuse(Refusal {
                     reason: RefusalReason::Deactivated,
                     message: String::new(),
                 })
             }
-            (Some(_), Ok(g))
-                if matches!(
-                    g.state,
-                    GatewayState::Active | GatewayState::Outdated { .. }
-                ) =>
-            {
-                // An outdated gateway that now speaks a supported version is active again.
-                let _ = shared.store.update_gateway(&gateway_id, |g| {
-                    g.state = GatewayState::Active;
-                    Ok(())
-                });
+            (Some(_), GatewayState::Active | GatewayState::Outdated { .. }) => {
+                decision = Decision::Let { software };
                 Admission::Admit {
                     heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
                 }
@@ -133,7 +143,9 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
             }),
         }
     };
-    let (link, hello, version) = match handshake.run(transport(ws), &binding, admit).await {
+    let outcome = handshake.run(transport(ws), &binding, admit).await;
+    record_admission(&shared, gateway, decision).await;
+    let (link, _hello, version) = match outcome {
         Ok(done) => done,
         Err(error) => {
             tracing::warn!(message = "gateway handshake failed", gateway = %gateway_id, %error);
@@ -154,12 +166,7 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
             commands: commands_tx,
         },
     );
-    let _ = shared.store.update_gateway(&gateway_id, |g| {
-        g.online = true;
-        g.last_seen_s = Some(tidegate_auth::now_s());
-        g.software = Some(hello.software.clone());
-        Ok(())
-    });
+    seen(&shared, &gateway_id, None).await;
     tracing::info!(message = "gateway online", gateway = %gateway_id, version = version.0);
 
     let (mut tx, mut rx) = link.split();
@@ -189,14 +196,9 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
                             let _ = reply.send(result);
                         }
                     }
-                    Message::TaskStatus(status) => apply_status(&shared, status),
-                    Message::Progress(progress) => apply_progress(&shared, progress),
-                    Message::Metrics(metrics) => {
-                        let _ = shared.store.update_gateway(&gateway_id, |g| {
-                            g.metrics = Some(metrics);
-                            Ok(())
-                        });
-                    }
+                    Message::TaskStatus(status) => apply_status(&shared, status).await,
+                    Message::Progress(progress) => apply_progress(&shared, progress).await,
+                    Message::Metrics(metrics) => seen(&shared, &gateway_id, Some(&metrics)).await,
                     Message::Error(report) => {
                         tracing::warn!(message = "gateway reported an error", gateway = %gateway_id, code = ?report.code, error = %report.message);
                     }
@@ -223,10 +225,7 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
                 if let Err(error) = tx.send(&Message::Heartbeat(Heartbeat { id: heartbeat_id })).await {
                     break format!("link ended: {error}");
                 }
-                let _ = shared.store.update_gateway(&gateway_id, |g| {
-                    g.last_seen_s = Some(tidegate_auth::now_s());
-                    Ok(())
-                });
+                seen(&shared, &gateway_id, None).await;
             }
             () = shared.shutdown.cancelled() => {
                 let _ = tx.send(&Message::Goodbye(Goodbye { reason: "control plane shutting down".into() })).await;
@@ -235,41 +234,104 @@ pub(crate) async fn run(shared: Arc<Shared>, gateway_id: String, ws: WebSocket, 
         }
     };
     let _ = tx.close().await;
-    let mut handles = shared.sessions.lock();
-    if handles.get(&gateway_id).map(|h| h.connection) == Some(connection) {
-        handles.remove(&gateway_id);
-        drop(handles);
-        let _ = shared.store.update_gateway(&gateway_id, |g| {
-            g.online = false;
-            Ok(())
-        });
+    {
+        let mut handles = shared.sessions.lock();
+        if handles.get(&gateway_id).map(|h| h.connection) == Some(connection) {
+            handles.remove(&gateway_id);
+        }
     }
     tracing::info!(message = "gateway offline", gateway = %gateway_id, %reason);
 }
 
-fn apply_status(shared: &Shared, status: tidegate_proto::TaskStatus) {
-    let _ = shared.store.update_run(&status.run_id, |run| {
-        run.state = status.state;
-        run.error = status.error.map(|e| e.message);
-    });
+/// Writes down what the handshake decided: an outdated gateway is shown as such, an admitted
+/// one is active (again) with the software it announced.
+async fn record_admission(shared: &Shared, mut gateway: GatewayRecord, decision: Decision) {
+    let (state, software) = match decision {
+        Decision::Outdated { reason, software } => (GatewayState::Outdated { reason }, software),
+        Decision::Let { software } => (GatewayState::Active, software),
+        Decision::Refused => return,
+    };
+    if gateway.state == state && gateway.software.as_deref() == Some(software.as_str()) {
+        return;
+    }
+    let id = gateway.id.clone();
+    gateway.state = state;
+    gateway.software = Some(software);
+    if let Err(error) = shared.store.update_gateway(&gateway).await {
+        tracing::warn!(message = "gateway state not recorded", gateway = %id, %error);
+    }
 }
 
-fn apply_progress(shared: &Shared, progress: tidegate_proto::ProgressReport) {
-    let _ = shared.store.update_run(&progress.run_id, |run| {
-        run.elapsed_ms = progress.elapsed_ms;
-        if run.state == TaskState::Starting {
-            run.state = TaskState::Running;
+/// Records that a gateway was heard from, with its metrics if it sent some.
+async fn seen(shared: &Shared, gateway_id: &str, metrics: Option<&tidegate_proto::MetricsReport>) {
+    if let Err(error) = shared
+        .store
+        .record_gateway_seen(gateway_id, crate::api::now_ms(), metrics)
+        .await
+    {
+        tracing::warn!(message = "gateway heartbeat not recorded", gateway = %gateway_id, %error);
+    }
+}
+
+/// Moves a run to the state the gateway reports. The move is a compare-and-swap on the state
+/// the run was read in; losing it (another writer moved the run) reads the run again.
+async fn apply_status(shared: &Shared, status: tidegate_proto::TaskStatus) {
+    let error = status.error.map(|e| e.message);
+    for _ in 0..3 {
+        let run = match shared.store.run(&status.run_id).await {
+            Ok(run) => run,
+            Err(error) => {
+                tracing::warn!(message = "status for an unknown run", run = %status.run_id, %error);
+                return;
+            }
+        };
+        if run.state == status.state && run.error == error {
+            return;
         }
-        for t in progress.tables {
-            run.tables.insert(
-                t.table,
-                TableRun {
-                    rows: t.rows,
-                    bytes: t.bytes,
-                    rows_expected: t.rows_expected,
-                    state: t.state,
-                },
-            );
+        match shared
+            .store
+            .transition_run(&run.id, run.state, status.state, error.as_deref())
+            .await
+        {
+            Ok(_) => return,
+            Err(tidegate_metadata::Error::Conflict(_)) => continue,
+            Err(error) => {
+                tracing::warn!(message = "run state not recorded", run = %run.id, %error);
+                return;
+            }
         }
-    });
+    }
+}
+
+/// Merges a progress report into the run's tables; a starting run is running from then on.
+async fn apply_progress(shared: &Shared, progress: tidegate_proto::ProgressReport) {
+    let run = match shared.store.run(&progress.run_id).await {
+        Ok(run) => run,
+        Err(error) => {
+            tracing::warn!(message = "progress for an unknown run", run = %progress.run_id, %error);
+            return;
+        }
+    };
+    let mut tables = run.tables;
+    for t in progress.tables {
+        tables.insert(
+            t.table,
+            TableRun {
+                rows: t.rows,
+                bytes: t.bytes,
+                rows_expected: t.rows_expected,
+                state: t.state,
+            },
+        );
+    }
+    if let Err(error) = shared.store.record_run_tables(&run.id, &tables).await {
+        tracing::warn!(message = "run progress not recorded", run = %run.id, %error);
+    }
+    if run.state == TaskState::Starting {
+        // Losing this race is fine: whoever won moved the run on.
+        let _ = shared
+            .store
+            .transition_run(&run.id, TaskState::Starting, TaskState::Running, None)
+            .await;
+    }
 }

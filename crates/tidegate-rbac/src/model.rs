@@ -157,6 +157,8 @@ named! {
         SpacesAdminister = "spaces_administer",
         /// Create a data product (system-wide).
         DataProductCreate = "data_product_create",
+        /// Manage local users: list, create and disable them, grant system roles (system-wide).
+        UsersManage = "users_manage",
     }
 }
 
@@ -259,6 +261,7 @@ const MATRIX: &[Row] = &[
     system(A::SpaceCreate, &[CREATOR]),
     system(A::SpacesAdminister, &[ADMIN]),
     system(A::DataProductCreate, &[PRODUCT]),
+    system(A::UsersManage, &[ADMIN]),
 ];
 
 fn row_of(action: Action) -> &'static Row {

@@ -39,6 +39,7 @@ const SYSTEM_MATRIX: &str = "
 space_create         . . x .
 spaces_administer    x . . .
 data_product_create  . x . .
+users_manage         x . . .
 ";
 
 struct Cells {

@@ -1,0 +1,298 @@
+//! Connections: how a gateway reaches a source or a target. Their secrets are write-only:
+//! sealed under the tenant's data key (object id = connection id) before they are stored,
+//! opened only to build the [`ConnectionSpec`] of a command to a gateway, and shown by name
+//! only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tidegate_metadata::{
+    ConnectionRecord, MetadataStore, NewConnection, Page, SealedCredentials, validate_name,
+};
+use tidegate_proto::{Command, CommandOutcome, ConnectionSpec, SecretMap, SecretString};
+use tidegate_rbac::Action;
+
+use super::{ApiError, Body, Ctx, ListQuery, Query, page_of};
+use crate::Shared;
+
+/// The settings key under which the names (never the values) of a connection's secrets are
+/// kept, so that views can list them without opening the sealed credentials. Settings a
+/// client sends may not start with [`RESERVED_PREFIX`].
+const SECRET_NAMES: &str = "tidegate:secret_names";
+const RESERVED_PREFIX: &str = "tidegate:";
+
+/// How long a gateway has to test a connection.
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The connection kinds and their required settings.
+const KINDS: &[(&str, &[&str])] = &[
+    ("sqlite", &["path"]),
+    ("local", &["root"]),
+    ("postgres", &["host", "database", "user"]),
+    // Either the settings driver, server, port, database, user (+ secret password) or a single
+    // secret connection_string: the gateway checks which when it opens the connection.
+    ("odbc", &[]),
+    ("s3", &["bucket"]),
+];
+
+/// A connection as the API shows it: secrets by name only.
+#[derive(Serialize)]
+pub(crate) struct ConnectionView {
+    id: String,
+    space_id: String,
+    name: String,
+    kind: String,
+    settings: BTreeMap<String, String>,
+    /// The names of its secrets; their values are never shown.
+    secret_names: Vec<String>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    version: i64,
+}
+
+impl From<ConnectionRecord> for ConnectionView {
+    fn from(c: ConnectionRecord) -> Self {
+        let (settings, secret_names) = split_settings(c.settings);
+        Self {
+            id: c.id,
+            space_id: c.space_id,
+            name: c.name,
+            kind: c.kind,
+            settings,
+            secret_names,
+            created_at_ms: c.created_at_ms,
+            updated_at_ms: c.updated_at_ms,
+            version: c.version,
+        }
+    }
+}
+
+/// The settings as the client gave them, and the names of the secrets.
+fn split_settings(
+    mut settings: BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let names = settings
+        .remove(SECRET_NAMES)
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
+    settings.retain(|k, _| !k.starts_with(RESERVED_PREFIX));
+    (settings, names)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateConnection {
+    space_id: Option<String>,
+    name: String,
+    kind: String,
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretString>,
+}
+
+pub(crate) async fn create(
+    ctx: Ctx,
+    Body(req): Body<CreateConnection>,
+) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
+    let shared = &ctx.shared;
+    let (_, space) = ctx
+        .in_space(req.space_id.as_deref(), Action::ConnectionCreate)
+        .await?;
+    validate_name("name", &req.name)?;
+    let Some((_, required)) = KINDS.iter().find(|(k, _)| *k == req.kind) else {
+        let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
+        return Err(ApiError::bad_request(format!(
+            "unknown connection kind {:?}; known kinds: {}",
+            req.kind,
+            known.join(", ")
+        )));
+    };
+    for setting in *required {
+        if req.settings.get(*setting).is_none_or(|v| v.is_empty()) {
+            return Err(ApiError::bad_request(format!(
+                "a {} connection needs the setting {setting:?}",
+                req.kind
+            )));
+        }
+    }
+    if let Some(key) = req.settings.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
+        return Err(ApiError::bad_request(format!(
+            "setting {key:?}: names starting with {RESERVED_PREFIX:?} are reserved"
+        )));
+    }
+    let mut secrets = SecretMap::new();
+    for (name, value) in req.secrets {
+        validate_name("secrets", &name)?;
+        secrets.insert(name, value);
+    }
+    let mut settings = req.settings;
+    if !secrets.is_empty() {
+        let names: Vec<&str> = secrets.names().collect();
+        settings.insert(SECRET_NAMES.to_owned(), json!(names).to_string());
+    }
+    let created = shared
+        .store
+        .create_connection(&NewConnection {
+            space_id: space.id,
+            name: req.name,
+            kind: req.kind,
+            settings,
+            credentials: None,
+        })
+        .await?;
+    ctx.note(|n| n.target_id = Some(created.id.clone()));
+    // The sealed blob is bound to the connection's id, which the store has just chosen.
+    let connection = if secrets.is_empty() {
+        created
+    } else {
+        let id = created.id.clone();
+        match shared.seal(created, &secrets).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Err(error) = shared.store.delete_connection(&id).await {
+                    tracing::warn!(message = "half-created connection left", connection = %id, %error);
+                }
+                return Err(e);
+            }
+        }
+    };
+    Ok((StatusCode::CREATED, Json(connection.into())))
+}
+
+pub(crate) async fn list(
+    ctx: Ctx,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<ConnectionView>>, ApiError> {
+    let shared = &ctx.shared;
+    let (_, space) = ctx
+        .in_space(q.space_id.as_deref(), Action::ConnectionRead)
+        .await?;
+    let page = shared.store.connections(&space.id, &q.page()).await?;
+    Ok(page_of(page, ConnectionView::from))
+}
+
+pub(crate) async fn show(
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let connection = shared.connection(&id).await?;
+    ctx.check(&caller, Action::ConnectionRead, Some(&connection.space_id))
+        .await?;
+    Ok(Json(connection.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TestRequest {
+    gateway_id: String,
+}
+
+/// Asks a gateway of the connection's space to open the connection and close it again.
+pub(crate) async fn test(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<TestRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let connection = shared.connection(&id).await?;
+    ctx.check(&caller, Action::ConnectionTest, Some(&connection.space_id))
+        .await?;
+    ctx.note(|n| n.detail = json!({"gateway_id": req.gateway_id}));
+    let gateway = shared.gateway(&req.gateway_id).await?;
+    if gateway.space_id != connection.space_id {
+        return Err(ApiError::bad_request(
+            "gateway_id must name a gateway of the connection's data space",
+        ));
+    }
+    let spec = shared.spec(connection)?;
+    let result = shared
+        .sessions
+        .command(&gateway.id, Command::TestConnection(spec), TEST_TIMEOUT)
+        .await
+        .map_err(ApiError::conflict)?;
+    Ok(Json(match result.outcome {
+        Ok(CommandOutcome::ConnectionOk { server }) => {
+            json!({"connection_id": id, "gateway_id": gateway.id, "ok": true, "server": server})
+        }
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the gateway gave an unexpected answer",
+            ));
+        }
+        Err(report) => {
+            json!({"connection_id": id, "gateway_id": gateway.id, "ok": false, "error": report.message})
+        }
+    }))
+}
+
+impl Shared {
+    /// A connection of this tenant; 404 otherwise.
+    pub(crate) async fn connection(&self, id: &str) -> Result<ConnectionRecord, ApiError> {
+        let connection = self.store.connection(id).await?;
+        if connection.tenant_id != self.tenant_id {
+            return Err(ApiError::not_found(format!("connection {id} not found")));
+        }
+        Ok(connection)
+    }
+
+    /// Seals `secrets` for the connection and stores them with it.
+    async fn seal(
+        &self,
+        mut connection: ConnectionRecord,
+        secrets: &SecretMap,
+    ) -> Result<ConnectionRecord, ApiError> {
+        let plain = zeroize::Zeroizing::new(
+            serde_json::to_vec(secrets).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        let ciphertext = self
+            .keyring
+            .seal(&connection.id, &plain)
+            .map_err(|e| ApiError::bad_request(format!("secrets: {e}")))?;
+        connection.credentials = Some(SealedCredentials {
+            data_key_version: i64::from(self.keyring.active_version()),
+            ciphertext,
+        });
+        Ok(self.store.update_connection(&connection).await?)
+    }
+
+    /// What a gateway needs to open the connection: its settings and its secrets, opened.
+    /// The only place credentials are unsealed.
+    pub(crate) fn spec(&self, c: ConnectionRecord) -> Result<ConnectionSpec, ApiError> {
+        let secrets = match &c.credentials {
+            None => SecretMap::new(),
+            Some(sealed) => {
+                let opened = self.keyring.open(&c.id, &sealed.ciphertext).map_err(|e| {
+                    tracing::error!(message = "credentials did not open", connection = %c.id, error = %e);
+                    ApiError::internal(format!(
+                        "the credentials of connection {} could not be opened",
+                        c.id
+                    ))
+                })?;
+                serde_json::from_slice(opened.expose()).map_err(|_| {
+                    ApiError::internal(format!(
+                        "the credentials of connection {} are malformed",
+                        c.id
+                    ))
+                })?
+            }
+        };
+        let (settings, _) = split_settings(c.settings);
+        Ok(ConnectionSpec {
+            id: c.id,
+            kind: c.kind,
+            settings,
+            secrets,
+        })
+    }
+}

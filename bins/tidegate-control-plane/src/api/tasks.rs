@@ -1,0 +1,406 @@
+//! Data tasks and their runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tidegate_metadata::{
+    DataTaskRecord, MetadataStore, NewDataTask, Page, TableRun, TaskRunRecord, TaskType,
+    validate_name,
+};
+use tidegate_proto::{
+    Command, CommandOutcome, TableSelection, TableState, TaskKind, TaskSpec, TaskState,
+};
+use tidegate_rbac::Action;
+
+use super::{ApiError, Body, Ctx, ListQuery, Query, page_of};
+use crate::Shared;
+
+/// How long a gateway has to answer a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A task as `task_list` (monitoring) shows it: no settings.
+#[derive(Serialize)]
+pub(crate) struct TaskSummary {
+    id: String,
+    space_id: String,
+    name: String,
+    task_type: TaskType,
+    gateway_id: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+/// A task in full, as `task_read` shows it.
+#[derive(Serialize)]
+pub(crate) struct TaskView {
+    #[serde(flatten)]
+    summary: TaskSummary,
+    source_id: String,
+    target_id: String,
+    tables: TableSelection,
+    schedule: Option<String>,
+    version: i64,
+}
+
+impl From<DataTaskRecord> for TaskView {
+    fn from(t: DataTaskRecord) -> Self {
+        Self {
+            source_id: t.source_connection_id.clone(),
+            target_id: t.target_connection_id.clone(),
+            tables: t.tables.clone(),
+            schedule: t.schedule.clone(),
+            version: t.version,
+            summary: t.into(),
+        }
+    }
+}
+
+impl From<DataTaskRecord> for TaskSummary {
+    fn from(t: DataTaskRecord) -> Self {
+        Self {
+            id: t.id,
+            space_id: t.space_id,
+            name: t.name,
+            task_type: t.task_type,
+            gateway_id: t.gateway_id,
+            created_at_ms: t.created_at_ms,
+            updated_at_ms: t.updated_at_ms,
+        }
+    }
+}
+
+/// A run as the API shows it.
+#[derive(Serialize)]
+pub(crate) struct RunView {
+    id: String,
+    task_id: String,
+    state: TaskState,
+    tables: BTreeMap<String, TableRun>,
+    error: Option<String>,
+    /// Milliseconds from its start to its end, or to its last change while it runs.
+    elapsed_ms: u64,
+    started_s: i64,
+    started_at_ms: i64,
+    ended_at_ms: Option<i64>,
+    updated_at_ms: i64,
+}
+
+impl From<TaskRunRecord> for RunView {
+    fn from(r: TaskRunRecord) -> Self {
+        let until = r.ended_at_ms.unwrap_or(r.updated_at_ms);
+        Self {
+            elapsed_ms: u64::try_from(until.saturating_sub(r.started_at_ms)).unwrap_or(0),
+            started_s: r.started_at_ms / 1000,
+            id: r.id,
+            task_id: r.task_id,
+            state: r.state,
+            tables: r.tables,
+            error: r.error,
+            started_at_ms: r.started_at_ms,
+            ended_at_ms: r.ended_at_ms,
+            updated_at_ms: r.updated_at_ms,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTask {
+    space_id: Option<String>,
+    name: String,
+    gateway_id: String,
+    #[serde(alias = "source")]
+    source_id: String,
+    #[serde(alias = "target")]
+    target_id: String,
+    task_type: Option<TaskType>,
+    #[serde(default)]
+    tables: TableSelection,
+    schedule: Option<String>,
+}
+
+pub(crate) async fn create(
+    ctx: Ctx,
+    Body(req): Body<CreateTask>,
+) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+    let shared = &ctx.shared;
+    let (_, space) = ctx
+        .in_space(req.space_id.as_deref(), Action::TaskCreate)
+        .await?;
+    validate_name("name", &req.name)?;
+    // Each reference must exist and be of the task's space; the store checks again.
+    let same_space = |field: &str, of: &str| {
+        if of == space.id {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!(
+                "{field} must name an object of the task's data space"
+            )))
+        }
+    };
+    same_space(
+        "gateway_id",
+        &shared.gateway(&req.gateway_id).await?.space_id,
+    )?;
+    same_space(
+        "source_id",
+        &shared.connection(&req.source_id).await?.space_id,
+    )?;
+    same_space(
+        "target_id",
+        &shared.connection(&req.target_id).await?.space_id,
+    )?;
+    let task = shared
+        .store
+        .create_task(&NewDataTask {
+            space_id: space.id.clone(),
+            name: req.name,
+            task_type: req.task_type.unwrap_or(TaskType::FullLoad),
+            source_connection_id: req.source_id,
+            target_connection_id: req.target_id,
+            gateway_id: req.gateway_id,
+            tables: req.tables,
+            schedule: req.schedule,
+        })
+        .await?;
+    ctx.note(|n| n.target_id = Some(task.id.clone()));
+    Ok((StatusCode::CREATED, Json(task.into())))
+}
+
+pub(crate) async fn list(
+    ctx: Ctx,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<TaskSummary>>, ApiError> {
+    let shared = &ctx.shared;
+    let (_, space) = ctx
+        .in_space(q.space_id.as_deref(), Action::TaskList)
+        .await?;
+    let page = shared.store.tasks(&space.id, &q.page()).await?;
+    Ok(page_of(page, TaskSummary::from))
+}
+
+pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let task = shared.task(&id).await?;
+    ctx.check(&caller, Action::TaskRead, Some(&task.space_id))
+        .await?;
+    Ok(Json(task.into()))
+}
+
+/// The query of a task's runs: a page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunsQuery {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+pub(crate) async fn runs(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Page<RunView>>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let task = shared.task(&id).await?;
+    ctx.check(&caller, Action::RunRead, Some(&task.space_id))
+        .await?;
+    let page = super::page_request(q.limit, q.after.as_deref());
+    let page = shared.store.runs(&task.id, &page).await?;
+    Ok(page_of(page, RunView::from))
+}
+
+pub(crate) async fn start_run(
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let task = shared.task(&id).await?;
+    ctx.check(&caller, Action::TaskRun, Some(&task.space_id))
+        .await?;
+    // The database admits one starting-or-running run per task, whichever control plane asks.
+    let run = match shared.store.create_run(&task.id).await {
+        Ok(run) => run,
+        Err(tidegate_metadata::Error::Conflict(_)) => {
+            return Err(ApiError::conflict("the task is already running"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ctx.note(|n| n.detail = json!({"run_id": run.id}));
+    shared.send_start(&task, &run.id, Vec::new()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(shared.store.run(&run.id).await?.into()),
+    ))
+}
+
+/// Resumes a failed or stopped run under the same run id: tables it finished (their output is
+/// committed) are skipped, every other table is copied again from the start, replacing what
+/// the interrupted attempt left.
+pub(crate) async fn resume_run(
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let run = shared.store.run(&id).await?;
+    let task = shared.task(&run.task_id).await?;
+    ctx.note(|n| n.detail = json!({"task_id": task.id}));
+    ctx.check(&caller, Action::TaskResume, Some(&task.space_id))
+        .await?;
+    if !matches!(run.state, TaskState::Failed | TaskState::Stopped) {
+        return Err(ApiError::conflict(format!(
+            "only a failed or stopped run can be resumed; this one is {:?}",
+            run.state
+        )));
+    }
+    let completed: Vec<String> = run
+        .tables
+        .iter()
+        .filter(|(_, table)| table.state == TableState::Done)
+        .map(|(name, _)| name.clone())
+        .collect();
+    // Compare-and-swap on the state read; the database refuses a second active run.
+    match shared
+        .store
+        .transition_run(&id, run.state, TaskState::Starting, None)
+        .await
+    {
+        Ok(_) => {}
+        Err(tidegate_metadata::Error::Conflict(message)) => {
+            return Err(ApiError::conflict(format!(
+                "the run cannot resume: {message}"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    shared.send_start(&task, &id, completed).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(shared.store.run(&id).await?.into()),
+    ))
+}
+
+pub(crate) async fn stop(
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let task = shared.task(&id).await?;
+    ctx.check(&caller, Action::TaskStop, Some(&task.space_id))
+        .await?;
+    let result = shared
+        .sessions
+        .command(
+            &task.gateway_id,
+            Command::StopTask { task_id: task.id },
+            COMMAND_TIMEOUT,
+        )
+        .await
+        .map_err(ApiError::conflict)?;
+    match result.outcome {
+        Ok(_) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"task_id": id, "state": "stopping"})),
+        )),
+        Err(report) => Err(ApiError::conflict(report.message)),
+    }
+}
+
+pub(crate) async fn run(ctx: Ctx, Path(id): Path<String>) -> Result<Json<RunView>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let run = shared.store.run(&id).await?;
+    let task = shared.task(&run.task_id).await?;
+    ctx.check(&caller, Action::RunRead, Some(&task.space_id))
+        .await?;
+    Ok(Json(run.into()))
+}
+
+impl Shared {
+    /// A task of this tenant; 404 otherwise.
+    pub(crate) async fn task(&self, id: &str) -> Result<DataTaskRecord, ApiError> {
+        let task = self.store.task(id).await?;
+        if task.tenant_id != self.tenant_id {
+            return Err(ApiError::not_found(format!("data task {id} not found")));
+        }
+        Ok(task)
+    }
+
+    /// Sends the start command of run `run_id` to the task's gateway; marks the run failed if
+    /// the gateway does not accept it.
+    async fn send_start(
+        &self,
+        task: &DataTaskRecord,
+        run_id: &str,
+        completed_tables: Vec<String>,
+    ) -> Result<(), ApiError> {
+        let failure = match self.start_command(task, run_id, completed_tables).await {
+            Err(e) => Some(e.message.clone()),
+            Ok(command) => match self
+                .sessions
+                .command(&task.gateway_id, command, COMMAND_TIMEOUT)
+                .await
+            {
+                Ok(r) => match r.outcome {
+                    Ok(CommandOutcome::Accepted) => None,
+                    Ok(_) => Some("gateway gave an unexpected answer".to_owned()),
+                    Err(report) => Some(report.message),
+                },
+                Err(e) => Some(e),
+            },
+        };
+        let Some(message) = failure else {
+            return Ok(());
+        };
+        if let Err(error) = self
+            .store
+            .transition_run(
+                run_id,
+                TaskState::Starting,
+                TaskState::Failed,
+                Some(&message),
+            )
+            .await
+        {
+            tracing::warn!(message = "run failure not recorded", run = %run_id, %error);
+        }
+        Err(ApiError::conflict(format!(
+            "the run could not start: {message}"
+        )))
+    }
+
+    async fn start_command(
+        &self,
+        task: &DataTaskRecord,
+        run_id: &str,
+        completed_tables: Vec<String>,
+    ) -> Result<Command, ApiError> {
+        let kind = match task.task_type {
+            TaskType::FullLoad => TaskKind::FullLoad,
+            other => {
+                return Err(ApiError::conflict(format!(
+                    "gateways cannot run {} tasks yet",
+                    other.as_str()
+                )));
+            }
+        };
+        Ok(Command::StartTask(TaskSpec {
+            task_id: task.id.clone(),
+            run_id: run_id.to_owned(),
+            kind,
+            source: self.spec(self.connection(&task.source_connection_id).await?)?,
+            target: self.spec(self.connection(&task.target_connection_id).await?)?,
+            tables: task.tables.clone(),
+            completed_tables,
+        }))
+    }
+}
