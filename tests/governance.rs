@@ -12,6 +12,7 @@ use tidegate::client::Client;
 use tidegate::control_plane::OidcConfig;
 use tidegate::identity::Zeroizing;
 use tidegate::metadata::{MetadataStore, NewLoginSession, TokenDigest};
+use tidegate::rbac::{Action, SpaceRole, SystemRole};
 use tidegate_testkit::{OidcProvider, PgServer};
 
 const PASSWORD: &str = "a long enough password";
@@ -274,116 +275,139 @@ async fn no_role_grants_more_than_it_holds() {
         .unwrap();
 }
 
-/// One representative request per action group, in a space where the subject holds one role
-/// (plus Data Services Contributor, which integration actions need on top).
-#[derive(Clone, Copy, Debug)]
-enum Probe {
-    SpaceRead,
-    SpaceUpdate,
-    MembersList,
-    MembersGrant,
-    TaskList,
-    TaskRead,
-    TaskCreate,
-    RunRead,
-    TaskRun,
-    TaskStop,
-    ConnectionRead,
-    ConnectionCreate,
-    ConnectionTest,
-    GatewayRead,
-    GatewayManage,
-    AuditRead,
-}
-
-/// Who may, as `docs/rbac.md` says. Columns: owner, can_view, can_consume, can_manage,
-/// can_operate, can_edit, no role. `x` allowed, `.` refused (403).
-const EXPECTED: &[(Probe, &str)] = &[
-    (Probe::SpaceRead, "x x x x x x ."),
-    (Probe::SpaceUpdate, "x . . x . . ."),
-    (Probe::MembersList, "x . . x . . ."),
-    (Probe::MembersGrant, "x . . x . . ."),
-    (Probe::TaskList, "x x . x x x ."),
-    (Probe::TaskRead, "x . . . . x ."),
-    (Probe::TaskCreate, "x . . . . x ."),
-    (Probe::RunRead, "x x . x x x ."),
-    (Probe::TaskRun, "x . . . x . ."),
-    (Probe::TaskStop, "x . . . x . ."),
-    (Probe::ConnectionRead, "x . . . . x ."),
-    (Probe::ConnectionCreate, "x . . . . x ."),
-    (Probe::ConnectionTest, "x . . . x x ."),
-    (Probe::GatewayRead, "x x . x x x ."),
-    (Probe::GatewayManage, "x . . . . . ."),
-    (Probe::AuditRead, "x . . x . . ."),
-];
-
-const ROLES: [Option<&str>; 7] = [
-    Some("owner"),
-    Some("can_view"),
-    Some("can_consume"),
-    Some("can_manage"),
-    Some("can_operate"),
-    Some("can_edit"),
-    None,
-];
-
+/// The objects the probes act on, in one data space.
 struct Fixture {
+    admin: Client,
+    operator: Client,
     space: String,
     task: String,
+    run: String,
     connection: String,
     gateway: String,
     bystander: String,
 }
 
-async fn probe(c: &Client, f: &Fixture, p: Probe, n: usize) -> u16 {
+impl Fixture {
+    async fn create(&self, path: &str, body: Value) -> String {
+        let created = self.operator.post(path, &body).await.unwrap();
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn new_connection(&self, n: usize) -> String {
+        let body = json!({"space_id": self.space, "name": format!("c{n}"), "kind": "sqlite",
+                          "settings": {"path": "/tmp/db.sqlite"}});
+        self.create("/api/v1/connections", body).await
+    }
+}
+
+/// The subject of a probe: its id, and the space role it holds in the fixture's space.
+struct Subject<'a> {
+    client: &'a Client,
+    id: &'a str,
+    space_role: Option<SpaceRole>,
+}
+
+/// Makes the one request of the API that asks for `action`, as `who`. `None` for the actions
+/// no endpoint asks for yet (data assets and data products).
+async fn probe(who: &Subject<'_>, f: &Fixture, action: Action, n: usize) -> Option<u16> {
+    let c = who.client;
     let s = &f.space;
     let name = format!("probe {n}");
-    match p {
-        Probe::SpaceRead => status(c.get(&format!("/api/v1/spaces/{s}"))).await,
-        Probe::SpaceUpdate => {
-            status(c.patch(
-                &format!("/api/v1/spaces/{s}"),
-                &json!({"description": name}),
-            ))
-            .await
+    Some(match action {
+        Action::SpaceRead => status(c.get(&format!("/api/v1/spaces/{s}"))).await,
+        Action::SpaceUpdate => {
+            let body = json!({"description": name});
+            status(c.patch(&format!("/api/v1/spaces/{s}"), &body)).await
         }
-        Probe::MembersList => status(c.get(&format!("/api/v1/spaces/{s}/members"))).await,
-        Probe::MembersGrant => {
+        Action::SpaceDelete => {
+            // A space of its own, where the subject holds the same role.
+            let space = new_space(&f.admin, &name).await;
+            if let Some(role) = who.space_role {
+                grant(&f.admin, &space, who.id, role.as_str()).await;
+            }
+            status(c.delete(&format!("/api/v1/spaces/{space}"))).await
+        }
+        Action::MembersList => status(c.get(&format!("/api/v1/spaces/{s}/members"))).await,
+        Action::MembersGrant => {
             let path = format!("/api/v1/spaces/{s}/members/{}/roles/can_view", f.bystander);
             status(c.put(&path, &json!({}))).await
         }
-        Probe::TaskList => status(c.get(&format!("/api/v1/tasks?space_id={s}"))).await,
-        Probe::TaskRead => status(c.get(&format!("/api/v1/tasks/{}", f.task))).await,
-        Probe::TaskCreate => {
+        Action::MembersRevoke => {
+            grant(&f.admin, s, &f.bystander, "can_view").await;
+            let path = format!("/api/v1/spaces/{s}/members/{}/roles/can_view", f.bystander);
+            status(c.delete(&path)).await
+        }
+        Action::TaskList => status(c.get(&format!("/api/v1/tasks?space_id={s}"))).await,
+        Action::TaskRead => status(c.get(&format!("/api/v1/tasks/{}", f.task))).await,
+        Action::TaskCreate => {
             let body = json!({"space_id": s, "name": name, "gateway_id": f.gateway,
                               "source_id": f.connection, "target_id": f.connection});
             status(c.post("/api/v1/tasks", &body)).await
         }
-        Probe::RunRead => status(c.get(&format!("/api/v1/tasks/{}/runs", f.task))).await,
-        Probe::TaskRun => {
+        Action::TaskUpdate => {
+            let body = json!({"schedule": null});
+            status(c.patch(&format!("/api/v1/tasks/{}", f.task), &body)).await
+        }
+        Action::TaskDelete => {
+            let body = json!({"space_id": s, "name": name, "gateway_id": f.gateway,
+                              "source_id": f.connection, "target_id": f.connection});
+            let task = f.create("/api/v1/tasks", body).await;
+            status(c.delete(&format!("/api/v1/tasks/{task}"))).await
+        }
+        Action::TaskRun => {
             status(c.post(&format!("/api/v1/tasks/{}/runs", f.task), &json!({}))).await
         }
-        Probe::TaskStop => {
+        Action::TaskStop => {
             status(c.post(&format!("/api/v1/tasks/{}/stop", f.task), &json!({}))).await
         }
-        Probe::ConnectionRead => {
+        Action::TaskResume => {
+            status(c.post(&format!("/api/v1/runs/{}/resume", f.run), &json!({}))).await
+        }
+        Action::RunRead => status(c.get(&format!("/api/v1/tasks/{}/runs", f.task))).await,
+        Action::ConnectionRead => {
             status(c.get(&format!("/api/v1/connections/{}", f.connection))).await
         }
-        Probe::ConnectionCreate => {
+        Action::ConnectionCreate => {
             let body = json!({"space_id": s, "name": name, "kind": "sqlite",
                               "settings": {"path": "/tmp/x.db"}});
             status(c.post("/api/v1/connections", &body)).await
         }
-        Probe::ConnectionTest => {
+        Action::ConnectionUpdate => {
+            let path = format!("/api/v1/connections/{}", f.connection);
+            let body = json!({"settings": {"path": "/tmp/db.sqlite"}});
+            status(c.patch(&path, &body)).await
+        }
+        Action::ConnectionDelete => {
+            let connection = f.new_connection(n).await;
+            status(c.delete(&format!("/api/v1/connections/{connection}"))).await
+        }
+        Action::ConnectionTest => {
             let path = format!("/api/v1/connections/{}/test", f.connection);
             status(c.post(&path, &json!({"gateway_id": f.gateway}))).await
         }
-        Probe::GatewayRead => status(c.get(&format!("/api/v1/gateways?space_id={s}"))).await,
-        Probe::GatewayManage => {
+        Action::GatewayRead => status(c.get(&format!("/api/v1/gateways?space_id={s}"))).await,
+        Action::GatewayManage => {
             status(c.post("/api/v1/gateways", &json!({"space_id": s, "name": name}))).await
         }
-        Probe::AuditRead => status(c.get(&format!("/api/v1/audit?space_id={s}"))).await,
-    }
+        Action::DataConsume => status(c.get(&format!("/api/v1/tasks/{}/output", f.task))).await,
+        Action::AuditRead => status(c.get(&format!("/api/v1/audit?space_id={s}"))).await,
+        Action::SpaceCreate => status(c.post("/api/v1/spaces", &json!({"name": name}))).await,
+        Action::SpacesAdminister => status(c.get("/api/v1/audit")).await,
+        Action::UsersManage => status(c.get("/api/v1/users")).await,
+        Action::DataAssetCreate | Action::DataProductCreate => return None,
+    })
+}
+
+/// Whether `docs/rbac.md` (generated from `tidegate_rbac`'s matrix) lets a subject holding
+/// `space_role` in the fixture's space, `system_role`, and Data Services Contributor do
+/// `action` there.
+fn expected(
+    space_role: Option<SpaceRole>,
+    system_role: Option<SystemRole>,
+    action: Action,
+) -> bool {
+    space_role.is_some_and(|r| r.actions().any(|a| a == action))
+        || system_role.is_some_and(|r| r.actions().any(|a| a == action))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,34 +441,76 @@ async fn the_api_enforces_the_role_matrix() {
         )
         .await
         .unwrap();
+    let task = task["id"].as_str().unwrap().to_owned();
+    // The gateway is offline: the run is recorded, and fails at once (a run to resume).
+    let started = operator
+        .post(&format!("/api/v1/tasks/{task}/runs"), &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(started.status(), Some(409), "{started}");
+    let runs = operator
+        .get(&format!("/api/v1/tasks/{task}/runs"))
+        .await
+        .unwrap();
     let fixture = Fixture {
+        run: runs["items"][0]["id"].as_str().unwrap().to_owned(),
+        bystander: user(&admin, "bystander").await,
+        admin: admin.clone(),
+        operator,
         space: space.clone(),
-        task: task["id"].as_str().unwrap().to_owned(),
+        task,
         connection,
         gateway,
-        bystander: user(&admin, "bystander").await,
     };
 
+    // Every space role alone, every system role but the contributor one alone, and nothing;
+    // each with Data Services Contributor, which integration actions need on top.
+    let mut subjects: Vec<(Option<SpaceRole>, Option<SystemRole>)> =
+        SpaceRole::ALL.iter().map(|r| (Some(*r), None)).collect();
+    subjects.extend(
+        SystemRole::ALL
+            .iter()
+            .filter(|r| **r != SystemRole::DataServicesContributor)
+            .map(|r| (None, Some(*r))),
+    );
+    subjects.push((None, None));
     let mut n = 0;
     let mut failures = Vec::new();
-    for (column, role) in ROLES.iter().enumerate() {
-        let name = format!("member-{}", role.unwrap_or("none"));
+    let mut unprobed = Vec::new();
+    for (space_role, system_role) in subjects {
+        let name = format!(
+            "member-{}-{}",
+            space_role.map_or("none", SpaceRole::as_str),
+            system_role.map_or("none", SystemRole::as_str)
+        );
         let id = user(&admin, &name).await;
-        admin
-            .put(
-                &format!("/api/v1/users/{id}/system-roles/data_services_contributor"),
-                &json!({}),
-            )
-            .await
-            .unwrap();
-        if let Some(role) = role {
-            grant(&admin, &space, &id, role).await;
+        let mut system_roles = vec!["data_services_contributor"];
+        system_roles.extend(system_role.map(SystemRole::as_str));
+        for role in system_roles {
+            admin
+                .put(
+                    &format!("/api/v1/users/{id}/system-roles/{role}"),
+                    &json!({}),
+                )
+                .await
+                .unwrap();
+        }
+        if let Some(role) = space_role {
+            grant(&admin, &space, &id, role.as_str()).await;
         }
         let client = h.login(&name, PASSWORD).await;
-        for (p, row) in EXPECTED {
-            let allowed = row.split_whitespace().nth(column).unwrap() == "x";
+        let who = Subject {
+            client: &client,
+            id: &id,
+            space_role,
+        };
+        for action in Action::ALL {
             n += 1;
-            let got = probe(&client, &fixture, *p, n).await;
+            let allowed = expected(space_role, system_role, *action);
+            let Some(got) = probe(&who, &fixture, *action, n).await else {
+                unprobed.push(*action);
+                continue;
+            };
             // Allowed requests may still fail for their own reasons (the gateway is offline):
             // anything but 401 and 403 means authorization let them through.
             let ok = if allowed {
@@ -453,26 +519,49 @@ async fn the_api_enforces_the_role_matrix() {
                 got == 403
             };
             if !ok {
-                failures.push(format!("{role:?} {p:?}: HTTP {got}, allowed: {allowed}"));
+                failures.push(format!(
+                    "{space_role:?} {system_role:?} {action:?}: HTTP {got}, allowed: {allowed}"
+                ));
             }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    unprobed.sort_by_key(|a| a.as_str());
+    unprobed.dedup();
+    assert_eq!(
+        unprobed,
+        [Action::DataAssetCreate, Action::DataProductCreate],
+        "only the actions without an endpoint go unprobed"
+    );
 
     // Integration actions also need Data Services Contributor: an editor without it reads no
     // task in full, though it still lists them.
     let id = user(&admin, "editor-without-contributor").await;
     grant(&admin, &space, &id, "can_edit").await;
     let client = h.login("editor-without-contributor", PASSWORD).await;
-    assert_eq!(probe(&client, &fixture, Probe::TaskRead, 0).await, 403);
-    assert_eq!(probe(&client, &fixture, Probe::TaskList, 0).await, 200);
+    let editor = Subject {
+        client: &client,
+        id: &id,
+        space_role: Some(SpaceRole::CanEdit),
+    };
+    assert_eq!(
+        probe(&editor, &fixture, Action::TaskRead, 0).await,
+        Some(403)
+    );
+    assert_eq!(
+        probe(&editor, &fixture, Action::TaskList, 0).await,
+        Some(200)
+    );
     // A member of one space holds nothing in another.
     let other = new_space(&admin, "elsewhere").await;
     let elsewhere = Fixture {
         space: other,
         ..fixture
     };
-    assert_eq!(probe(&client, &elsewhere, Probe::SpaceRead, 0).await, 403);
+    assert_eq!(
+        probe(&editor, &elsewhere, Action::SpaceRead, 0).await,
+        Some(403)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,6 +772,7 @@ async fn secrets_are_sealed_at_rest_and_never_shown() {
 async fn bad_input_gets_a_consistent_4xx_and_names_round_trip() {
     let h = Harness::start().await;
     let c = h.operator();
+    let spaces_before = c.get("/api/v1/spaces").await.unwrap();
     let too_big = "x".repeat(100_000);
     // (what, method, path, body, expected status)
     let cases: Vec<(&str, &str, &str, Value, u16)> = vec![
@@ -777,6 +867,37 @@ async fn bad_input_gets_a_consistent_4xx_and_names_round_trip() {
             Value::Null,
             405,
         ),
+        (
+            "path traversal in a storage prefix",
+            "POST",
+            "/api/v1/connections",
+            json!({"name": "landing", "kind": "s3",
+                   "settings": {"bucket": "shared", "prefix": "tenant-a/../tenant-b"}}),
+            400,
+        ),
+        (
+            "backslash in a storage prefix",
+            "POST",
+            "/api/v1/connections",
+            json!({"name": "landing", "kind": "local",
+                   "settings": {"root": "/srv/landing", "prefix": "..\\etc"}}),
+            400,
+        ),
+        (
+            "unknown connection kind",
+            "POST",
+            "/api/v1/connections",
+            json!({"name": "x", "kind": "oracle'; DROP TABLE connections; --"}),
+            400,
+        ),
+        (
+            "a task naming a connection that does not exist",
+            "POST",
+            "/api/v1/tasks",
+            json!({"name": "t", "gateway_id": "gw_nope", "source_id": "conn_nope",
+                   "target_id": "conn_nope"}),
+            404,
+        ),
     ];
     for (what, method, path, body, want) in cases {
         let result = match method {
@@ -801,6 +922,18 @@ async fn bad_input_gets_a_consistent_4xx_and_names_round_trip() {
             }
             other => panic!("{what}: expected HTTP {want}, got {other:?}"),
         }
+    }
+
+    // Nothing was changed by any of them.
+    assert_eq!(c.get("/api/v1/spaces").await.unwrap(), spaces_before);
+    for list in ["/api/v1/connections", "/api/v1/tasks", "/api/v1/users"] {
+        let page = c.get(list).await.unwrap();
+        let expected = usize::from(list.ends_with("users")); // the bootstrap administrator
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            expected,
+            "{list}: {page}"
+        );
     }
 
     // Not JSON at all, through a raw request: the same shape.
@@ -1030,4 +1163,124 @@ async fn control_planes_sharing_a_postgres_database_agree() {
         .await
         .unwrap();
     assert_eq!(events["items"].as_array().unwrap().len(), 1, "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_tasks_and_gateways_change_and_go() {
+    let h = Harness::start().await;
+    let c = h.operator();
+    let source = c
+        .post(
+            "/api/v1/connections",
+            &json!({"name": "shop", "kind": "postgres",
+                    "settings": {"host": "db", "database": "shop", "user": "reader"},
+                    "secrets": {"password": "first-canary"}}),
+        )
+        .await
+        .unwrap();
+    let source_id = source["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/connections/{source_id}");
+
+    // Secrets: set one, remove another, keep the rest; only names come back.
+    let changed = c
+        .patch(
+            &path,
+            &json!({"name": "shop-eu", "secrets": {"ssl_key": "second-canary", "password": null}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed["name"], "shop-eu");
+    assert_eq!(changed["secret_names"], json!(["ssl_key"]));
+    assert_eq!(changed["settings"]["host"], "db");
+    assert!(!changed.to_string().contains("canary"), "{changed}");
+    // Settings are replaced as a whole and checked like at creation.
+    let error = c
+        .patch(&path, &json!({"settings": {"host": "db"}}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(400), "{error}");
+    assert!(error.to_string().contains("database"), "{error}");
+    let error = c
+        .patch(&path, &json!({"kind": "sqlite"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(400), "{error}");
+    // A change against an old version is refused, and changes nothing.
+    let error = c
+        .patch(&path, &json!({"name": "stale", "version": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(409), "{error}");
+    assert_eq!(c.get(&path).await.unwrap()["name"], "shop-eu");
+
+    let target = c
+        .post(
+            "/api/v1/connections",
+            &json!({"name": "lake", "kind": "local", "settings": {"root": "/srv/lake", "prefix": "shop"}}),
+        )
+        .await
+        .unwrap();
+    let target_id = target["id"].as_str().unwrap();
+    let gateway = c
+        .post("/api/v1/gateways", &json!({"name": "plant"}))
+        .await
+        .unwrap();
+    let gateway_id = gateway["id"].as_str().unwrap();
+    let task = c
+        .post(
+            "/api/v1/tasks",
+            &json!({"name": "copy", "gateway_id": gateway_id, "source_id": source_id,
+                    "target_id": target_id, "schedule": "0 3 * * *"}),
+        )
+        .await
+        .unwrap();
+    let task_path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+
+    // What a consumer learns: where the data lands, never credentials; no run completed yet.
+    let output = c.get(&format!("{task_path}/output")).await.unwrap();
+    assert_eq!(output["target"]["kind"], "local");
+    assert_eq!(output["target"]["location"]["prefix"], "shop");
+    assert_eq!(output["run"], Value::Null);
+
+    // Objects in use are not deleted.
+    for used in [path.clone(), format!("/api/v1/gateways/{gateway_id}")] {
+        let error = c.delete(&used).await.unwrap_err();
+        assert_eq!(error.status(), Some(409), "{used}: {error}");
+    }
+    // A task changes field by field; `schedule: null` removes the schedule.
+    let changed = c
+        .patch(
+            &task_path,
+            &json!({"schedule": null, "tables": {"include": ["public.*"]}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed["schedule"], Value::Null);
+    assert_eq!(changed["name"], "copy");
+    assert_eq!(changed["tables"]["include"], json!(["public.*"]));
+    let error = c
+        .patch(&task_path, &json!({"source_id": "conn_nope"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(404), "{error}");
+
+    // Revoking a gateway keeps it listed, deactivated, with the reason.
+    let revoked = c
+        .post(
+            &format!("/api/v1/gateways/{gateway_id}/revoke"),
+            &json!({"reason": "host decommissioned"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked["state"]["state"], "deactivated", "{revoked}");
+    assert_eq!(revoked["state"]["reason"], "host decommissioned");
+
+    // Once the task is gone, so can its connections and gateway be.
+    c.delete(&task_path).await.unwrap();
+    assert_eq!(c.get(&task_path).await.unwrap_err().status(), Some(404));
+    c.delete(&path).await.unwrap();
+    c.delete(&format!("/api/v1/gateways/{gateway_id}"))
+        .await
+        .unwrap();
+    assert_eq!(c.get(&path).await.unwrap_err().status(), Some(404));
 }

@@ -51,6 +51,12 @@ impl Sessions {
         self.lock().contains_key(gateway_id)
     }
 
+    /// Cuts the gateway's link to this control plane, if it has one: its session ends at its
+    /// next turn.
+    pub(crate) fn disconnect(&self, gateway_id: &str) {
+        self.lock().remove(gateway_id);
+    }
+
     /// Sends a command to a connected gateway and waits for its result.
     pub(crate) async fn command(
         &self,
@@ -157,8 +163,9 @@ pub(crate) async fn run(
         .next_connection
         .fetch_add(1, Ordering::Relaxed);
     let (commands_tx, mut commands) = mpsc::channel::<Outbound>(64);
-    // A new connection from the same gateway supersedes the old one: the old session's
-    // command channel closes and it ends at its next turn.
+    // A new connection from the same gateway supersedes the old one, and revoking a gateway
+    // removes its handle: either way the old session's command channel closes and it ends at
+    // its next turn.
     shared.sessions.lock().insert(
         gateway_id.clone(),
         Handle {
@@ -208,7 +215,7 @@ pub(crate) async fn run(
             }
             outbound = commands.recv() => {
                 let Some(Outbound { command, reply }) = outbound else {
-                    break "superseded by a newer connection".to_owned();
+                    break "superseded by a newer connection, or revoked".to_owned();
                 };
                 next_command += 1;
                 pending.insert(next_command, reply);

@@ -151,7 +151,12 @@ pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, Er
                     false,
                 )
             })?;
-            let prefix = StorePath::from(spec.settings.get("prefix").map_or("", String::as_str));
+            let prefix = spec.settings.get("prefix").map_or("", String::as_str);
+            if let Some(problem) = tidegate_proto::storage_prefix_problem(prefix) {
+                return Err(invalid(spec, problem));
+            }
+            let prefix = StorePath::parse(prefix)
+                .map_err(|_| invalid(spec, "the prefix is not a valid object path"))?;
             Ok(Arc::new(ParquetSink::new(
                 Arc::new(store),
                 prefix,

@@ -29,6 +29,7 @@
 mod codec;
 mod message;
 mod secret;
+mod settings;
 
 // The public interface.
 pub use codec::{
@@ -42,6 +43,7 @@ pub use message::{
     TableState, TaskKind, TaskSpec, TaskState, TaskStatus, Welcome,
 };
 pub use secret::{SecretMap, SecretString};
+pub use settings::storage_prefix_problem;
 
 /// The protocol versions this build of Tidegate speaks, oldest first.
 ///

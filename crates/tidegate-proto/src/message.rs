@@ -181,10 +181,13 @@ pub struct ConnectionSpec {
 
 /// Which tables a task moves: names or `*` patterns; exclusions win.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TableSelection {
-    /// Tables to include; empty means all.
+    /// Tables to include; empty (or absent) means all.
+    #[serde(default)]
     pub include: Vec<String>,
     /// Tables to leave out.
+    #[serde(default)]
     pub exclude: Vec<String>,
 }
 

@@ -59,6 +59,11 @@ impl SecretMap {
         self.0.insert(name.into(), secret);
     }
 
+    /// Removes a secret; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.0.remove(name).is_some()
+    }
+
     /// Looks a secret up by name.
     pub fn get(&self, name: &str) -> Option<&SecretString> {
         self.0.get(name)

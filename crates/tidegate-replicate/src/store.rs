@@ -197,23 +197,11 @@ fn s3(bucket: &str, options: &StoreOptions) -> object_store::Result<object_store
     builder.build()
 }
 
-/// Refuses prefixes that could escape their bucket or directory or that stores treat oddly.
+/// Refuses prefixes that could escape their bucket or directory or that stores treat oddly
+/// (the rule both ends share: [`tidegate_proto::storage_prefix_problem`]).
 fn check_prefix(prefix: &str) -> std::result::Result<Path, &'static str> {
-    if prefix.contains('\\') {
-        return Err("the prefix contains a backslash");
-    }
-    if prefix.is_empty() {
-        return Ok(Path::default());
-    }
-    for segment in prefix.split('/') {
-        match segment {
-            "" => return Err("the prefix has an empty segment (`//`)"),
-            "." | ".." => return Err("the prefix has a `.` or `..` segment"),
-            _ if segment.chars().any(char::is_control) => {
-                return Err("the prefix contains a control character");
-            }
-            _ => {}
-        }
+    if let Some(problem) = tidegate_proto::storage_prefix_problem(prefix) {
+        return Err(problem);
     }
     // object_store's own rules (percent-encoded bytes and the like) as a last word.
     Path::parse(prefix).map_err(|_| "the prefix is not a valid object path")

@@ -96,6 +96,18 @@ const AUDITED: &[(Method, &str, &str, &str)] = &[
     ),
     (
         Method::POST,
+        "/api/v1/gateways/{id}/revoke",
+        "gateway.revoke",
+        "gateway",
+    ),
+    (
+        Method::DELETE,
+        "/api/v1/gateways/{id}",
+        "gateway.delete",
+        "gateway",
+    ),
+    (
+        Method::POST,
         "/api/v1/gateways/enroll",
         "gateway.enroll",
         "gateway",
@@ -112,7 +124,31 @@ const AUDITED: &[(Method, &str, &str, &str)] = &[
         "connection.test",
         "connection",
     ),
+    (
+        Method::PATCH,
+        "/api/v1/connections/{id}",
+        "connection.update",
+        "connection",
+    ),
+    (
+        Method::DELETE,
+        "/api/v1/connections/{id}",
+        "connection.delete",
+        "connection",
+    ),
     (Method::POST, "/api/v1/tasks", "task.create", "data_task"),
+    (
+        Method::PATCH,
+        "/api/v1/tasks/{id}",
+        "task.update",
+        "data_task",
+    ),
+    (
+        Method::DELETE,
+        "/api/v1/tasks/{id}",
+        "task.delete",
+        "data_task",
+    ),
     (
         Method::POST,
         "/api/v1/tasks/{id}/runs",

@@ -84,6 +84,48 @@ fn split_settings(
     (settings, names)
 }
 
+/// Refuses an unknown kind, a missing required setting, a reserved setting name and a storage
+/// prefix that could escape its bucket or directory.
+fn check_settings(kind: &str, settings: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let Some((_, required)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
+        return Err(ApiError::bad_request(format!(
+            "unknown connection kind {kind:?}; known kinds: {}",
+            known.join(", ")
+        )));
+    };
+    for setting in *required {
+        if settings.get(*setting).is_none_or(|v| v.is_empty()) {
+            return Err(ApiError::bad_request(format!(
+                "a {kind} connection needs the setting {setting:?}"
+            )));
+        }
+    }
+    if let Some(key) = settings.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
+        return Err(ApiError::bad_request(format!(
+            "setting {key:?}: names starting with {RESERVED_PREFIX:?} are reserved"
+        )));
+    }
+    if let Some(problem) = settings
+        .get("prefix")
+        .and_then(|p| tidegate_proto::storage_prefix_problem(p))
+    {
+        return Err(ApiError::bad_request(format!(
+            "setting \"prefix\": {problem}"
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps the names of `secrets` (never their values) among the settings, for the views.
+fn note_secret_names(settings: &mut BTreeMap<String, String>, secrets: &SecretMap) {
+    settings.remove(SECRET_NAMES);
+    if !secrets.is_empty() {
+        let names: Vec<&str> = secrets.names().collect();
+        settings.insert(SECRET_NAMES.to_owned(), json!(names).to_string());
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateConnection {
@@ -105,37 +147,14 @@ pub(crate) async fn create(
         .in_space(req.space_id.as_deref(), Action::ConnectionCreate)
         .await?;
     validate_name("name", &req.name)?;
-    let Some((_, required)) = KINDS.iter().find(|(k, _)| *k == req.kind) else {
-        let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
-        return Err(ApiError::bad_request(format!(
-            "unknown connection kind {:?}; known kinds: {}",
-            req.kind,
-            known.join(", ")
-        )));
-    };
-    for setting in *required {
-        if req.settings.get(*setting).is_none_or(|v| v.is_empty()) {
-            return Err(ApiError::bad_request(format!(
-                "a {} connection needs the setting {setting:?}",
-                req.kind
-            )));
-        }
-    }
-    if let Some(key) = req.settings.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
-        return Err(ApiError::bad_request(format!(
-            "setting {key:?}: names starting with {RESERVED_PREFIX:?} are reserved"
-        )));
-    }
+    check_settings(&req.kind, &req.settings)?;
     let mut secrets = SecretMap::new();
     for (name, value) in req.secrets {
         validate_name("secrets", &name)?;
         secrets.insert(name, value);
     }
     let mut settings = req.settings;
-    if !secrets.is_empty() {
-        let names: Vec<&str> = secrets.names().collect();
-        settings.insert(SECRET_NAMES.to_owned(), json!(names).to_string());
-    }
+    note_secret_names(&mut settings, &secrets);
     let created = shared
         .store
         .create_connection(&NewConnection {
@@ -187,6 +206,86 @@ pub(crate) async fn show(
     ctx.check(&caller, Action::ConnectionRead, Some(&connection.space_id))
         .await?;
     Ok(Json(connection.into()))
+}
+
+/// A change to a connection. Absent fields stay as they are; `settings`, when present,
+/// replaces every setting; `secrets` sets the secrets it names and removes those given as
+/// `null`, keeping the others. The kind of a connection does not change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateConnection {
+    name: Option<String>,
+    settings: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Option<SecretString>>,
+    /// The version the change was made against; a newer stored version refuses it (409).
+    version: Option<i64>,
+}
+
+pub(crate) async fn update(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateConnection>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let mut connection = shared.connection(&id).await?;
+    ctx.check(
+        &caller,
+        Action::ConnectionUpdate,
+        Some(&connection.space_id),
+    )
+    .await?;
+    super::check_version(req.version, connection.version)?;
+    if let Some(name) = req.name {
+        validate_name("name", &name)?;
+        connection.name = name;
+    }
+    let (mut settings, names) = split_settings(connection.settings.clone());
+    if let Some(new) = req.settings {
+        settings = new;
+    }
+    check_settings(&connection.kind, &settings)?;
+    if req.secrets.is_empty() {
+        if !names.is_empty() {
+            settings.insert(SECRET_NAMES.to_owned(), json!(names).to_string());
+        }
+    } else {
+        let mut secrets = shared.open(&connection)?;
+        for (name, value) in req.secrets {
+            validate_name("secrets", &name)?;
+            match value {
+                Some(value) => secrets.insert(name, value),
+                None => {
+                    secrets.remove(&name);
+                }
+            }
+        }
+        note_secret_names(&mut settings, &secrets);
+        connection.credentials = if secrets.is_empty() {
+            None
+        } else {
+            Some(shared.seal_for(&connection.id, &secrets)?)
+        };
+    }
+    connection.settings = settings;
+    let updated = shared.store.update_connection(&connection).await?;
+    Ok(Json(updated.into()))
+}
+
+/// Deletes a connection no task uses.
+pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let connection = shared.connection(&id).await?;
+    ctx.check(
+        &caller,
+        Action::ConnectionDelete,
+        Some(&connection.space_id),
+    )
+    .await?;
+    shared.store.delete_connection(&connection.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -252,41 +351,53 @@ impl Shared {
         mut connection: ConnectionRecord,
         secrets: &SecretMap,
     ) -> Result<ConnectionRecord, ApiError> {
+        connection.credentials = Some(self.seal_for(&connection.id, secrets)?);
+        Ok(self.store.update_connection(&connection).await?)
+    }
+
+    /// `secrets` sealed under the tenant's active data key, bound to the connection's id.
+    fn seal_for(
+        &self,
+        connection_id: &str,
+        secrets: &SecretMap,
+    ) -> Result<SealedCredentials, ApiError> {
         let plain = zeroize::Zeroizing::new(
             serde_json::to_vec(secrets).map_err(|e| ApiError::internal(e.to_string()))?,
         );
         let ciphertext = self
             .keyring
-            .seal(&connection.id, &plain)
+            .seal(connection_id, &plain)
             .map_err(|e| ApiError::bad_request(format!("secrets: {e}")))?;
-        connection.credentials = Some(SealedCredentials {
+        Ok(SealedCredentials {
             data_key_version: i64::from(self.keyring.active_version()),
             ciphertext,
-        });
-        Ok(self.store.update_connection(&connection).await?)
+        })
+    }
+
+    /// The connection's secrets, opened: only to send them to a gateway, or to change some of
+    /// them and seal them again.
+    fn open(&self, c: &ConnectionRecord) -> Result<SecretMap, ApiError> {
+        let Some(sealed) = &c.credentials else {
+            return Ok(SecretMap::new());
+        };
+        let opened = self.keyring.open(&c.id, &sealed.ciphertext).map_err(|e| {
+            tracing::error!(message = "credentials did not open", connection = %c.id, error = %e);
+            ApiError::internal(format!(
+                "the credentials of connection {} could not be opened",
+                c.id
+            ))
+        })?;
+        serde_json::from_slice(opened.expose()).map_err(|_| {
+            ApiError::internal(format!(
+                "the credentials of connection {} are malformed",
+                c.id
+            ))
+        })
     }
 
     /// What a gateway needs to open the connection: its settings and its secrets, opened.
-    /// The only place credentials are unsealed.
     pub(crate) fn spec(&self, c: ConnectionRecord) -> Result<ConnectionSpec, ApiError> {
-        let secrets = match &c.credentials {
-            None => SecretMap::new(),
-            Some(sealed) => {
-                let opened = self.keyring.open(&c.id, &sealed.ciphertext).map_err(|e| {
-                    tracing::error!(message = "credentials did not open", connection = %c.id, error = %e);
-                    ApiError::internal(format!(
-                        "the credentials of connection {} could not be opened",
-                        c.id
-                    ))
-                })?;
-                serde_json::from_slice(opened.expose()).map_err(|_| {
-                    ApiError::internal(format!(
-                        "the credentials of connection {} are malformed",
-                        c.id
-                    ))
-                })?
-            }
-        };
+        let secrets = self.open(&c)?;
         let (settings, _) = split_settings(c.settings);
         Ok(ConnectionSpec {
             id: c.id,

@@ -134,6 +134,56 @@ pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Gatewa
     Ok(Json(GatewayView::of(shared, gateway)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeGateway {
+    /// Why, for whoever reads the gateway later.
+    reason: Option<String>,
+}
+
+/// Revokes a gateway: it is deactivated (its key no longer authenticates), its link to this
+/// control plane is cut, and it stays listed with the reason. Enrolling it again takes a new
+/// gateway.
+pub(crate) async fn revoke(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<RevokeGateway>,
+) -> Result<Json<GatewayView>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let mut gateway = shared.gateway(&id).await?;
+    ctx.check(&caller, Action::GatewayManage, Some(&gateway.space_id))
+        .await?;
+    let reason = req.reason.unwrap_or_else(|| "revoked".to_owned());
+    if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "reason: at most {MAX_REASON} characters, no control characters"
+        )));
+    }
+    gateway.state = GatewayState::Deactivated { reason };
+    gateway.enrollment = None;
+    gateway.enrollment_expires_at_ms = None;
+    let gateway = shared.store.update_gateway(&gateway).await?;
+    shared.sessions.disconnect(&gateway.id);
+    tracing::info!(message = "gateway revoked", gateway = %gateway.id);
+    Ok(Json(GatewayView::of(shared, gateway)))
+}
+
+/// Longest revocation reason kept.
+const MAX_REASON: usize = 500;
+
+/// Deletes a gateway no task uses any more, and cuts its link.
+pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let gateway = shared.gateway(&id).await?;
+    ctx.check(&caller, Action::GatewayManage, Some(&gateway.space_id))
+        .await?;
+    shared.store.delete_gateway(&gateway.id).await?;
+    shared.sessions.disconnect(&gateway.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 impl Shared {
     /// A gateway of this tenant; 404 otherwise.
     pub(crate) async fn gateway(&self, id: &str) -> Result<GatewayRecord, ApiError> {

@@ -97,15 +97,28 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(gateways::create).get(gateways::list),
         )
         .route("/api/v1/gateways/enroll", post(gateways::enroll))
-        .route("/api/v1/gateways/{id}", get(gateways::show))
+        .route(
+            "/api/v1/gateways/{id}",
+            get(gateways::show).delete(gateways::delete),
+        )
+        .route("/api/v1/gateways/{id}/revoke", post(gateways::revoke))
         .route(
             "/api/v1/connections",
             post(connections::create).get(connections::list),
         )
-        .route("/api/v1/connections/{id}", get(connections::show))
+        .route(
+            "/api/v1/connections/{id}",
+            get(connections::show)
+                .patch(connections::update)
+                .delete(connections::delete),
+        )
         .route("/api/v1/connections/{id}/test", post(connections::test))
         .route("/api/v1/tasks", post(tasks::create).get(tasks::list))
-        .route("/api/v1/tasks/{id}", get(tasks::show))
+        .route(
+            "/api/v1/tasks/{id}",
+            get(tasks::show).patch(tasks::update).delete(tasks::delete),
+        )
+        .route("/api/v1/tasks/{id}/output", get(tasks::output))
         .route(
             "/api/v1/tasks/{id}/runs",
             post(tasks::start_run).get(tasks::runs),
@@ -128,6 +141,27 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
+}
+
+/// Refuses a change made against an older version of an object than the stored one (409), so
+/// that two editors do not overwrite each other unknowingly. Without a version, the change
+/// applies to whatever is stored (the store still refuses a concurrent write).
+pub(crate) fn check_version(expected: Option<i64>, stored: i64) -> Result<(), ApiError> {
+    match expected {
+        Some(v) if v != stored => Err(ApiError::conflict(format!(
+            "the object changed since version {v}; it is at version {stored}: read it again"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Deserializes a field that may be absent (`None`), `null` (`Some(None)`) or a value.
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// Unix milliseconds now.

@@ -134,27 +134,12 @@ pub(crate) async fn create(
         .await?;
     validate_name("name", &req.name)?;
     // Each reference must exist and be of the task's space; the store checks again.
-    let same_space = |field: &str, of: &str| {
-        if of == space.id {
-            Ok(())
-        } else {
-            Err(ApiError::bad_request(format!(
-                "{field} must name an object of the task's data space"
-            )))
-        }
-    };
-    same_space(
-        "gateway_id",
-        &shared.gateway(&req.gateway_id).await?.space_id,
-    )?;
-    same_space(
-        "source_id",
-        &shared.connection(&req.source_id).await?.space_id,
-    )?;
-    same_space(
-        "target_id",
-        &shared.connection(&req.target_id).await?.space_id,
-    )?;
+    let gateway = shared.gateway(&req.gateway_id).await?;
+    shared.same_space(&space.id, "gateway_id", &gateway.space_id)?;
+    let source = shared.connection(&req.source_id).await?;
+    shared.same_space(&space.id, "source_id", &source.space_id)?;
+    let target = shared.connection(&req.target_id).await?;
+    shared.same_space(&space.id, "target_id", &target.space_id)?;
     let task = shared
         .store
         .create_task(&NewDataTask {
@@ -191,6 +176,164 @@ pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<TaskVi
     ctx.check(&caller, Action::TaskRead, Some(&task.space_id))
         .await?;
     Ok(Json(task.into()))
+}
+
+/// A change to a task. Absent fields stay as they are; `schedule: null` removes the schedule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateTask {
+    name: Option<String>,
+    gateway_id: Option<String>,
+    #[serde(alias = "source")]
+    source_id: Option<String>,
+    #[serde(alias = "target")]
+    target_id: Option<String>,
+    task_type: Option<TaskType>,
+    tables: Option<TableSelection>,
+    #[serde(default, deserialize_with = "super::present")]
+    schedule: Option<Option<String>>,
+    /// The version the change was made against; a newer stored version refuses it (409).
+    version: Option<i64>,
+}
+
+/// Changes a task. A run already going keeps what it was started with; the next run uses the
+/// change.
+pub(crate) async fn update(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateTask>,
+) -> Result<Json<TaskView>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let mut task = shared.task(&id).await?;
+    ctx.check(&caller, Action::TaskUpdate, Some(&task.space_id))
+        .await?;
+    super::check_version(req.version, task.version)?;
+    if let Some(name) = req.name {
+        validate_name("name", &name)?;
+        task.name = name;
+    }
+    if let Some(gateway_id) = req.gateway_id {
+        shared.same_space(
+            &task.space_id,
+            "gateway_id",
+            &shared.gateway(&gateway_id).await?.space_id,
+        )?;
+        task.gateway_id = gateway_id;
+    }
+    if let Some(source_id) = req.source_id {
+        shared.same_space(
+            &task.space_id,
+            "source_id",
+            &shared.connection(&source_id).await?.space_id,
+        )?;
+        task.source_connection_id = source_id;
+    }
+    if let Some(target_id) = req.target_id {
+        shared.same_space(
+            &task.space_id,
+            "target_id",
+            &shared.connection(&target_id).await?.space_id,
+        )?;
+        task.target_connection_id = target_id;
+    }
+    if let Some(task_type) = req.task_type {
+        task.task_type = task_type;
+    }
+    if let Some(tables) = req.tables {
+        task.tables = tables;
+    }
+    if let Some(schedule) = req.schedule {
+        task.schedule = schedule;
+    }
+    Ok(Json(shared.store.update_task(&task).await?.into()))
+}
+
+/// Deletes a task that is not running, with its runs.
+pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let task = shared.task(&id).await?;
+    ctx.check(&caller, Action::TaskDelete, Some(&task.space_id))
+        .await?;
+    shared.store.delete_task(&task.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a task's data landed, for those who consume it: the target (its kind and where it
+/// writes, never its credentials) and the tables of the last completed run. The control
+/// plane holds no data; consumers read it from the target with their own access.
+#[derive(Serialize)]
+pub(crate) struct TaskOutput {
+    task_id: String,
+    target: OutputTarget,
+    /// The last completed run, if any.
+    run: Option<OutputRun>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct OutputTarget {
+    connection_id: String,
+    kind: String,
+    /// Where the data is: a bucket and prefix, a directory, or a database and schema.
+    location: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct OutputRun {
+    run_id: String,
+    ended_at_ms: Option<i64>,
+    tables: BTreeMap<String, TableRun>,
+}
+
+/// The settings that say where a target writes, by kind (no host names or user names beyond
+/// what a consumer needs to find the data).
+const LOCATION_SETTINGS: &[&str] = &[
+    "bucket", "prefix", "region", "endpoint", "root", "database", "schema",
+];
+
+pub(crate) async fn output(ctx: Ctx, Path(id): Path<String>) -> Result<Json<TaskOutput>, ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let task = shared.task(&id).await?;
+    ctx.check(&caller, Action::DataConsume, Some(&task.space_id))
+        .await?;
+    let target = shared.connection(&task.target_connection_id).await?;
+    let location = target
+        .settings
+        .iter()
+        .filter(|(k, _)| LOCATION_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // Runs come oldest first; the last completed one is the newest with that state.
+    let mut last = None;
+    let mut page = super::page_request(Some(tidegate_metadata::MAX_PAGE_LIMIT), None);
+    loop {
+        let runs = shared.store.runs(&task.id, &page).await?;
+        last = runs
+            .items
+            .into_iter()
+            .rev()
+            .find(|r| r.state == TaskState::Completed)
+            .or(last);
+        match runs.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    Ok(Json(TaskOutput {
+        task_id: task.id,
+        target: OutputTarget {
+            connection_id: target.id,
+            kind: target.kind,
+            location,
+        },
+        run: last.map(|r| OutputRun {
+            run_id: r.id,
+            ended_at_ms: r.ended_at_ms,
+            tables: r.tables,
+        }),
+    }))
 }
 
 /// The query of a task's runs: a page.
@@ -333,6 +476,17 @@ impl Shared {
             return Err(ApiError::not_found(format!("data task {id} not found")));
         }
         Ok(task)
+    }
+
+    /// Refuses a reference (`field`) to an object of another data space than the task's.
+    fn same_space(&self, task_space: &str, field: &str, of: &str) -> Result<(), ApiError> {
+        if of == task_space {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!(
+                "{field} must name an object of the task's data space"
+            )))
+        }
     }
 
     /// Sends the start command of run `run_id` to the task's gateway; marks the run failed if
