@@ -1284,3 +1284,46 @@ async fn connections_tasks_and_gateways_change_and_go() {
         .unwrap();
     assert_eq!(c.get(&path).await.unwrap_err().status(), Some(404));
 }
+
+/// The document the control plane serves is the one of its routes, and each operation in it
+/// reaches a handler: none falls through to "no such route" or "method not allowed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_openapi_document_matches_the_routes() {
+    let h = Harness::start().await;
+    let anonymous = h.client();
+    let served = anonymous.get("/api/v1/openapi.json").await.unwrap();
+    assert_eq!(
+        served,
+        serde_json::to_value(tidegate::control_plane::openapi()).unwrap()
+    );
+    let c = h.operator();
+    let mut checked = 0;
+    for (path, item) in served["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{id}", "x_nope")
+            .replace("{user_id}", "usr_nope")
+            .replace("{role}", "can_view");
+        for method in item.as_object().unwrap().keys() {
+            let result = match method.as_str() {
+                "get" => c.get(&concrete).await,
+                "post" => c.post(&concrete, &json!({})).await,
+                "put" => c.put(&concrete, &json!({})).await,
+                "patch" => c.patch(&concrete, &json!({})).await,
+                "delete" => c.delete(&concrete).await,
+                other => panic!("{other} {path}: unexpected method"),
+            };
+            if let Err(tidegate::client::Error::Api {
+                status, message, ..
+            }) = &result
+            {
+                assert_ne!(*status, 405, "{method} {path}: {message}");
+                assert_ne!(message, "no such route", "{method} {path}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 45, "operations checked");
+    // And a route that is not documented is not served.
+    let error = c.get("/api/v1/nothing-here").await.unwrap_err();
+    assert_eq!(error.status(), Some(404));
+}

@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use api::openapi;
 pub use tidegate_identity::oidc::OidcConfig;
 pub use tls::ServerTls;
 

@@ -8,6 +8,7 @@ use tidegate_proto::{SecretMap, TableSelection, TableState, TaskState};
 
 /// Where a gateway stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum GatewayState {
     /// Created; waiting for its enrollment token to be used.
@@ -114,6 +115,7 @@ pub struct DataTask {
 
 /// One table's progress in a run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TableRun {
     /// Rows written.
     pub rows: u64,

@@ -15,6 +15,7 @@ pub const MAX_PAGE_LIMIT: u32 = 1000;
 /// stable while items are added or removed elsewhere. Treat it as opaque; a cursor that was
 /// not made by the store is rejected as [`Error::Invalid`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Cursor(String);
 
@@ -97,6 +98,7 @@ impl Default for PageRequest {
 
 /// One page of a list, in the list's order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,

@@ -40,6 +40,7 @@ pub struct NewDataSpace {
 
 /// A data space: the connections, gateways and tasks of one team or domain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DataSpace {
     /// Its id.
     pub id: String,
@@ -81,6 +82,7 @@ impl fmt::Debug for PasswordHash {
 
 /// An identity at an OpenID provider; a pair belongs to at most one user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OidcIdentity {
     /// The provider's issuer URL.
     pub issuer: String,
@@ -391,6 +393,7 @@ pub struct ConnectionRecord {
 
 /// What a data task does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskType {
     /// Copy every selected table once.
@@ -532,6 +535,7 @@ pub struct SchemaSnapshot {
 
 /// How an audited action ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuditOutcome {
     /// It was allowed and done.
@@ -567,6 +571,7 @@ impl AuditOutcome {
 
 /// An audit event to append.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewAuditEvent {
     /// When it happened.
     pub at_ms: i64,
@@ -592,6 +597,7 @@ pub struct NewAuditEvent {
 
 /// An event in the append-only audit log: what was appended, and the id it got.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// Its id.
     pub id: String,

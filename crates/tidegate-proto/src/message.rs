@@ -181,6 +181,7 @@ pub struct ConnectionSpec {
 
 /// Which tables a task moves: names or `*` patterns; exclusions win.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TableSelection {
     /// Tables to include; empty (or absent) means all.
@@ -266,6 +267,7 @@ pub struct ColumnDescription {
 
 /// The life cycle of a task run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub enum TaskState {
     /// Accepted, not yet moving data.
@@ -310,6 +312,7 @@ pub struct TableProgress {
 
 /// Where one table of a run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub enum TableState {
     /// Not started.
@@ -337,6 +340,7 @@ pub struct ProgressReport {
 
 /// Gateway-wide counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsReport {
     /// Seconds since the gateway process started.
     pub uptime_s: u64,

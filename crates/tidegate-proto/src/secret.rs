@@ -9,6 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// A secret string (a password, an access key). Its memory is wiped when it is dropped and its
 /// `Debug` output is `"<redacted>"`, so it cannot leak into a log line by accident.
 #[derive(Clone, Default, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretString(String);
 
 impl SecretString {

@@ -30,7 +30,7 @@ use crate::tls::TlsInfo;
 /// The audited routes: method, route, the action recorded, the kind of object acted on.
 /// A route's `{id}` is the target unless the handler names another; other parameters go to
 /// the detail.
-const AUDITED: &[(Method, &str, &str, &str)] = &[
+pub(crate) const AUDITED: &[(Method, &str, &str, &str)] = &[
     (
         Method::POST,
         "/api/v1/auth/login",
@@ -295,7 +295,7 @@ pub(crate) async fn record(
 
 /// Which events to read: a data space (`audit_read` there) or, without one, the whole
 /// tenant (`spaces_administer`: Data Admin).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
     space_id: Option<String>,
@@ -348,6 +348,16 @@ fn view(event: AuditEvent) -> Value {
     value
 }
 
+#[utoipa::path(
+    operation_id = "audit_list",
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "A page of audit events, oldest first", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("audit_read")))
+)]
 pub(crate) async fn list(
     ctx: Ctx,
     Query(q): Query<AuditQuery>,
@@ -360,6 +370,16 @@ pub(crate) async fn list(
 }
 
 /// Every matching event, oldest first, as JSON Lines.
+#[utoipa::path(
+    operation_id = "audit_export",
+    get,
+    path = "/api/v1/audit/export",
+    tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "Every matching event as JSON Lines", body = String, content_type = "application/jsonl"), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("audit_read")))
+)]
 pub(crate) async fn export(ctx: Ctx, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     let caller = ctx.caller().await?;
     let filter = ctx.audit_filter(&caller, &q).await?;

@@ -54,14 +54,14 @@ impl OidcState {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginRequest {
     username: String,
     password: SecretString,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct LoginAnswer {
     /// The bearer token; shown once.
     token: String,
@@ -69,7 +69,7 @@ pub(crate) struct LoginAnswer {
     user: UserRef,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct UserRef {
     id: String,
     username: String,
@@ -78,6 +78,15 @@ struct UserRef {
 /// The message of every failed password login: it does not say which part was wrong.
 const BAD_LOGIN: &str = "invalid username or password";
 
+#[utoipa::path(
+    operation_id = "auth_login",
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses((status = 200, description = "The session token, shown once", body = LoginAnswer), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn login(
     ctx: Ctx,
     Body(req): Body<LoginRequest>,
@@ -117,6 +126,15 @@ pub(crate) async fn login(
 }
 
 /// Ends the session whose token was presented. An operator token has no session to end.
+#[utoipa::path(
+    operation_id = "auth_logout",
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    responses((status = 200, description = "The session ended", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn logout(ctx: Ctx) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = ctx.caller().await?;
     match &caller.principal {
@@ -133,6 +151,15 @@ pub(crate) async fn logout(ctx: Ctx) -> Result<Json<serde_json::Value>, ApiError
 }
 
 /// Who the caller is, with its roles.
+#[utoipa::path(
+    operation_id = "auth_me",
+    get,
+    path = "/api/v1/auth/me",
+    tag = "auth",
+    responses((status = 200, description = "Who the caller is, with its roles", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn me(ctx: Ctx) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = ctx.caller().await?;
     let shared = &ctx.shared;
@@ -164,6 +191,14 @@ pub(crate) async fn me(ctx: Ctx) -> Result<Json<serde_json::Value>, ApiError> {
 }
 
 /// Starts a single sign-on: where to send the browser.
+#[utoipa::path(
+    operation_id = "auth_oidc_login",
+    get,
+    path = "/api/v1/auth/oidc/login",
+    tag = "auth",
+    responses((status = 200, description = "Where to send the browser", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn oidc_login(ctx: Ctx) -> Result<Json<serde_json::Value>, ApiError> {
     let oidc = &ctx.shared.oidc;
     let login = oidc.login().await?;
@@ -180,7 +215,7 @@ pub(crate) async fn oidc_login(ctx: Ctx) -> Result<Json<serde_json::Value>, ApiE
 
 /// Where the provider sends the browser back. Providers add parameters of their own, so
 /// unknown ones are ignored here.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub(crate) struct Callback {
     code: Option<String>,
     state: Option<String>,
@@ -188,6 +223,15 @@ pub(crate) struct Callback {
 }
 
 /// Completes a single sign-on; answers like a password login.
+#[utoipa::path(
+    operation_id = "auth_oidc_callback",
+    get,
+    path = "/api/v1/auth/oidc/callback",
+    tag = "auth",
+    params(Callback),
+    responses((status = 200, description = "The session token, shown once", body = LoginAnswer), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn oidc_callback(
     ctx: Ctx,
     Query(callback): Query<Callback>,

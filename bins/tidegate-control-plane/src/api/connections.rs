@@ -41,7 +41,7 @@ const KINDS: &[(&str, &[&str])] = &[
 ];
 
 /// A connection as the API shows it: secrets by name only.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ConnectionView {
     id: String,
     space_id: String,
@@ -126,7 +126,7 @@ fn note_secret_names(settings: &mut BTreeMap<String, String>, secrets: &SecretMa
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateConnection {
     space_id: Option<String>,
@@ -138,6 +138,16 @@ pub(crate) struct CreateConnection {
     secrets: BTreeMap<String, SecretString>,
 }
 
+#[utoipa::path(
+    operation_id = "connections_create",
+    post,
+    path = "/api/v1/connections",
+    tag = "connections",
+    request_body = CreateConnection,
+    responses((status = 201, description = "The connection, secrets by name only", body = ConnectionView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("connection_create")))
+)]
 pub(crate) async fn create(
     ctx: Ctx,
     Body(req): Body<CreateConnection>,
@@ -184,6 +194,16 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(connection.into())))
 }
 
+#[utoipa::path(
+    operation_id = "connections_list",
+    get,
+    path = "/api/v1/connections",
+    tag = "connections",
+    params(ListQuery),
+    responses((status = 200, description = "A page of connections", body = Page<ConnectionView>), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("connection_read")))
+)]
 pub(crate) async fn list(
     ctx: Ctx,
     Query(q): Query<ListQuery>,
@@ -196,6 +216,16 @@ pub(crate) async fn list(
     Ok(page_of(page, ConnectionView::from))
 }
 
+#[utoipa::path(
+    operation_id = "connections_show",
+    get,
+    path = "/api/v1/connections/{id}",
+    tag = "connections",
+    params(("id" = String, Path, description = "The connection's id")),
+    responses((status = 200, description = "The connection, secrets by name only", body = ConnectionView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("connection_read")))
+)]
 pub(crate) async fn show(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -211,17 +241,30 @@ pub(crate) async fn show(
 /// A change to a connection. Absent fields stay as they are; `settings`, when present,
 /// replaces every setting; `secrets` sets the secrets it names and removes those given as
 /// `null`, keeping the others. The kind of a connection does not change.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateConnection {
     name: Option<String>,
     settings: Option<BTreeMap<String, String>>,
+    /// Secrets to set (a string) or remove (`null`), by name.
     #[serde(default)]
+    #[schema(value_type = Object)]
     secrets: BTreeMap<String, Option<SecretString>>,
     /// The version the change was made against; a newer stored version refuses it (409).
     version: Option<i64>,
 }
 
+#[utoipa::path(
+    operation_id = "connections_update",
+    patch,
+    path = "/api/v1/connections/{id}",
+    tag = "connections",
+    params(("id" = String, Path, description = "The connection's id")),
+    request_body = UpdateConnection,
+    responses((status = 200, description = "The connection changed", body = ConnectionView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("connection_update")))
+)]
 pub(crate) async fn update(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -274,6 +317,16 @@ pub(crate) async fn update(
 }
 
 /// Deletes a connection no task uses.
+#[utoipa::path(
+    operation_id = "connections_delete",
+    delete,
+    path = "/api/v1/connections/{id}",
+    tag = "connections",
+    params(("id" = String, Path, description = "The connection's id")),
+    responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("connection_delete")))
+)]
 pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
@@ -288,13 +341,24 @@ pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCod
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TestRequest {
     gateway_id: String,
 }
 
 /// Asks a gateway of the connection's space to open the connection and close it again.
+#[utoipa::path(
+    operation_id = "connections_test",
+    post,
+    path = "/api/v1/connections/{id}/test",
+    tag = "connections",
+    params(("id" = String, Path, description = "The connection's id")),
+    request_body = TestRequest,
+    responses((status = 200, description = "Whether the gateway reached the database", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("connection_test")))
+)]
 pub(crate) async fn test(
     ctx: Ctx,
     Path(id): Path<String>,

@@ -20,7 +20,7 @@ use crate::Shared;
 use crate::tls::TlsInfo;
 
 /// A gateway as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct GatewayView {
     id: String,
     space_id: String,
@@ -62,14 +62,14 @@ impl GatewayView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateGateway {
     name: String,
     space_id: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct CreatedGateway {
     id: String,
     space_id: String,
@@ -80,6 +80,16 @@ pub(crate) struct CreatedGateway {
     enrollment_expires_at_ms: i64,
 }
 
+#[utoipa::path(
+    operation_id = "gateways_create",
+    post,
+    path = "/api/v1/gateways",
+    tag = "gateways",
+    request_body = CreateGateway,
+    responses((status = 201, description = "The gateway and its one-time enrollment token", body = CreatedGateway), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("gateway_manage")))
+)]
 pub(crate) async fn create(
     ctx: Ctx,
     Body(req): Body<CreateGateway>,
@@ -113,6 +123,16 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    operation_id = "gateways_list",
+    get,
+    path = "/api/v1/gateways",
+    tag = "gateways",
+    params(ListQuery),
+    responses((status = 200, description = "A page of gateways", body = Page<GatewayView>), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("gateway_read")))
+)]
 pub(crate) async fn list(
     ctx: Ctx,
     Query(q): Query<ListQuery>,
@@ -125,6 +145,16 @@ pub(crate) async fn list(
     Ok(page_of(page, |g| GatewayView::of(shared, g)))
 }
 
+#[utoipa::path(
+    operation_id = "gateways_show",
+    get,
+    path = "/api/v1/gateways/{id}",
+    tag = "gateways",
+    params(("id" = String, Path, description = "The gateway's id")),
+    responses((status = 200, description = "The gateway", body = GatewayView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("gateway_read")))
+)]
 pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<GatewayView>, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
@@ -134,7 +164,7 @@ pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Gatewa
     Ok(Json(GatewayView::of(shared, gateway)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeGateway {
     /// Why, for whoever reads the gateway later.
@@ -144,6 +174,17 @@ pub(crate) struct RevokeGateway {
 /// Revokes a gateway: it is deactivated (its key no longer authenticates), its link to this
 /// control plane is cut, and it stays listed with the reason. Enrolling it again takes a new
 /// gateway.
+#[utoipa::path(
+    operation_id = "gateways_revoke",
+    post,
+    path = "/api/v1/gateways/{id}/revoke",
+    tag = "gateways",
+    params(("id" = String, Path, description = "The gateway's id")),
+    request_body = RevokeGateway,
+    responses((status = 200, description = "The gateway, deactivated", body = GatewayView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("gateway_manage")))
+)]
 pub(crate) async fn revoke(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -173,6 +214,16 @@ pub(crate) async fn revoke(
 const MAX_REASON: usize = 500;
 
 /// Deletes a gateway no task uses any more, and cuts its link.
+#[utoipa::path(
+    operation_id = "gateways_delete",
+    delete,
+    path = "/api/v1/gateways/{id}",
+    tag = "gateways",
+    params(("id" = String, Path, description = "The gateway's id")),
+    responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("gateway_manage")))
+)]
 pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
@@ -195,20 +246,29 @@ impl Shared {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnrollRequest {
     token: String,
     public_key: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Enrolled {
     gateway_id: String,
     audience: String,
 }
 
 /// Enrollment is authenticated by the one-time token itself.
+#[utoipa::path(
+    operation_id = "gateways_enroll",
+    post,
+    path = "/api/v1/gateways/enroll",
+    tag = "gateways",
+    request_body = EnrollRequest,
+    responses((status = 200, description = "Enrolled: the gateway may connect with its key", body = Enrolled), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn enroll(
     ctx: Ctx,
     Body(req): Body<EnrollRequest>,
@@ -258,6 +318,14 @@ pub(crate) async fn enroll(
 }
 
 /// The gateway's WebSocket endpoint: JWT first, then the sealed link.
+#[utoipa::path(
+    operation_id = "gateways_connect",
+    get,
+    path = "/v1/gateway/connect",
+    tag = "gateways",
+    responses((status = 101, description = "The WebSocket of the sealed link (the gateway's TLS-bound JWT as bearer token)"), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn connect(
     State(shared): State<Arc<Shared>>,
     Extension(tls): Extension<TlsInfo>,

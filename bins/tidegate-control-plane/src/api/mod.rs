@@ -22,11 +22,10 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tidegate_metadata::{Cursor, DataSpace, MetadataStore, Page, PageRequest};
 
 /// Pages a list held in memory (for lists the store cannot page as asked, such as a space's
@@ -65,68 +64,97 @@ const MAX_BODY: usize = 64 * 1024;
 /// Items in a page when the request does not say.
 const DEFAULT_LIMIT: u32 = 100;
 
+/// The routes and the OpenAPI document describing them, both from the handlers'
+/// `#[utoipa::path]` attributes: a route cannot be served without being documented.
+fn documented_routes() -> (Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::oidc_login))
+        .routes(routes!(auth::oidc_callback))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::show, users::update))
+        .routes(routes!(users::grant_system_role, users::revoke_system_role))
+        .routes(routes!(spaces::list, spaces::create))
+        .routes(routes!(spaces::show, spaces::update, spaces::delete))
+        .routes(routes!(spaces::members))
+        .routes(routes!(spaces::grant, spaces::revoke))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::export))
+        .routes(routes!(gateways::create, gateways::list))
+        .routes(routes!(gateways::enroll))
+        .routes(routes!(gateways::show, gateways::delete))
+        .routes(routes!(gateways::revoke))
+        .routes(routes!(connections::create, connections::list))
+        .routes(routes!(
+            connections::show,
+            connections::update,
+            connections::delete
+        ))
+        .routes(routes!(connections::test))
+        .routes(routes!(tasks::create, tasks::list))
+        .routes(routes!(tasks::show, tasks::update, tasks::delete))
+        .routes(routes!(tasks::output))
+        .routes(routes!(tasks::start_run, tasks::runs))
+        .routes(routes!(tasks::stop))
+        .routes(routes!(tasks::run))
+        .routes(routes!(tasks::resume_run))
+        .routes(routes!(gateways::connect))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the API, as `GET /api/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().1
+}
+
+/// Where the document is served.
+const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tidegate control plane",
+        description = "Metadata, users, roles, secrets and audit of a Tidegate installation. \
+            Every list takes `limit` and `after` and answers `{\"items\": [...], \"next\": cursor or null}`; \
+            every refusal is `{\"error\": {\"code\", \"message\"}}` with a 4xx status. \
+            `x-tidegate-action` names the action of docs/rbac.md an operation asks for \
+            in the data space of the object it names."
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// Declares the bearer scheme: a login session token (`tgs_...`) or an operator token.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/api/v1/auth/login", post(auth::login))
-        .route("/api/v1/auth/logout", post(auth::logout))
-        .route("/api/v1/auth/me", get(auth::me))
-        .route("/api/v1/auth/oidc/login", get(auth::oidc_login))
-        .route("/api/v1/auth/oidc/callback", get(auth::oidc_callback))
-        .route("/api/v1/users", get(users::list).post(users::create))
-        .route("/api/v1/users/{id}", get(users::show).patch(users::update))
+    let (routes, document) = documented_routes();
+    let document = Arc::new(document);
+    routes
         .route(
-            "/api/v1/users/{id}/system-roles/{role}",
-            put(users::grant_system_role).delete(users::revoke_system_role),
+            OPENAPI_PATH,
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
         )
-        .route("/api/v1/spaces", get(spaces::list).post(spaces::create))
-        .route(
-            "/api/v1/spaces/{id}",
-            get(spaces::show)
-                .patch(spaces::update)
-                .delete(spaces::delete),
-        )
-        .route("/api/v1/spaces/{id}/members", get(spaces::members))
-        .route(
-            "/api/v1/spaces/{id}/members/{user_id}/roles/{role}",
-            put(spaces::grant).delete(spaces::revoke),
-        )
-        .route("/api/v1/audit", get(audit::list))
-        .route("/api/v1/audit/export", get(audit::export))
-        .route(
-            "/api/v1/gateways",
-            post(gateways::create).get(gateways::list),
-        )
-        .route("/api/v1/gateways/enroll", post(gateways::enroll))
-        .route(
-            "/api/v1/gateways/{id}",
-            get(gateways::show).delete(gateways::delete),
-        )
-        .route("/api/v1/gateways/{id}/revoke", post(gateways::revoke))
-        .route(
-            "/api/v1/connections",
-            post(connections::create).get(connections::list),
-        )
-        .route(
-            "/api/v1/connections/{id}",
-            get(connections::show)
-                .patch(connections::update)
-                .delete(connections::delete),
-        )
-        .route("/api/v1/connections/{id}/test", post(connections::test))
-        .route("/api/v1/tasks", post(tasks::create).get(tasks::list))
-        .route(
-            "/api/v1/tasks/{id}",
-            get(tasks::show).patch(tasks::update).delete(tasks::delete),
-        )
-        .route("/api/v1/tasks/{id}/output", get(tasks::output))
-        .route(
-            "/api/v1/tasks/{id}/runs",
-            post(tasks::start_run).get(tasks::runs),
-        )
-        .route("/api/v1/tasks/{id}/stop", post(tasks::stop))
-        .route("/api/v1/runs/{id}", get(tasks::run))
-        .route("/api/v1/runs/{id}/resume", post(tasks::resume_run))
-        .route("/v1/gateway/connect", get(gateways::connect))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -209,9 +237,29 @@ impl ApiError {
     }
 }
 
+/// The body of every refusal.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Stable, for programs: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `conflict`, `body_too_large`, `method_not_allowed`, ...
+    code: &'static str,
+    /// For people; never holds a secret.
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+            },
+        });
         let mut response = (self.status, body).into_response();
         response
             .extensions_mut()
@@ -319,7 +367,7 @@ impl FromRequestParts<Arc<Shared>> for Ctx {
 // --- Lists ---------------------------------------------------------------------------------
 
 /// The query of a list: the data space (default: the default space) and the page.
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     pub(crate) space_id: Option<String>,
@@ -358,5 +406,95 @@ impl Shared {
             return Err(ApiError::not_found(format!("data space {id} not found")));
         }
         Ok(space)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::str::FromStr;
+
+    use super::audit::AUDITED;
+
+    /// Every operation: `(METHOD, path, x-tidegate-action)`.
+    fn operations() -> Vec<(String, String, String)> {
+        let document = serde_json::to_value(super::openapi()).unwrap();
+        let mut operations = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let action = operation["x-tidegate-action"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path}: no x-tidegate-action"));
+                operations.push((method.to_uppercase(), path.clone(), action.to_owned()));
+            }
+        }
+        operations
+    }
+
+    /// `docs/openapi.json` is the document the control plane serves. `UPDATE_DOCS=1` rewrites it.
+    #[test]
+    fn docs_publish_the_served_document() {
+        let served = serde_json::to_string_pretty(&super::openapi()).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &served).unwrap();
+        }
+        let published = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            published == served,
+            "docs/openapi.json differs from the routes' document; run \
+             `UPDATE_DOCS=1 cargo nextest run -p tidegate-control-plane docs_publish`"
+        );
+    }
+
+    #[test]
+    fn every_operation_names_its_action_and_needs_a_token_unless_it_authenticates() {
+        let document = serde_json::to_value(super::openapi()).unwrap();
+        for (method, path, action) in operations() {
+            let operation = &document["paths"][&path][method.to_lowercase()];
+            if action == "none" {
+                continue;
+            }
+            assert!(
+                tidegate_rbac::Action::from_str(&action).is_ok(),
+                "{method} {path}: unknown action {action:?}"
+            );
+            assert_eq!(
+                operation["security"],
+                serde_json::json!([{"bearer": []}]),
+                "{method} {path}: asks for {action} but declares no bearer token"
+            );
+            assert!(
+                operation["responses"]["4XX"].is_object(),
+                "{method} {path}: refusals undocumented"
+            );
+        }
+    }
+
+    #[test]
+    fn every_state_changing_operation_is_audited_and_every_audited_route_exists() {
+        let operations: BTreeSet<(String, String)> = operations()
+            .into_iter()
+            .map(|(method, path, _)| (method, path))
+            .collect();
+        let audited: BTreeSet<(String, String)> = AUDITED
+            .iter()
+            .map(|(method, path, _, _)| (method.as_str().to_owned(), (*path).to_owned()))
+            .collect();
+        for route in &audited {
+            assert!(
+                operations.contains(route),
+                "audited but not served: {route:?}"
+            );
+        }
+        for (method, path) in &operations {
+            let reads = method == "GET" && path != "/api/v1/auth/oidc/callback";
+            let route = (method.clone(), path.clone());
+            assert_eq!(
+                audited.contains(&route),
+                !reads,
+                "{method} {path}: state-changing operations are audited, reads are not"
+            );
+        }
     }
 }

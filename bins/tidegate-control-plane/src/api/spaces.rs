@@ -16,6 +16,15 @@ use crate::Shared;
 
 /// The spaces the caller holds a role in, or with `spaces_administer` every space of the
 /// tenant.
+#[utoipa::path(
+    operation_id = "spaces_list",
+    get,
+    path = "/api/v1/spaces",
+    tag = "spaces",
+    params(ListQuery),
+    responses((status = 200, description = "The spaces where the caller holds a role; every space with spaces_administer", body = Page<DataSpace>), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    extensions(("x-tidegate-action" = json!("none")))
+)]
 pub(crate) async fn list(
     ctx: Ctx,
     Query(q): Query<ListQuery>,
@@ -59,7 +68,7 @@ pub(crate) async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateSpace {
     name: String,
@@ -68,6 +77,16 @@ pub(crate) struct CreateSpace {
 }
 
 /// Creates a data space; a user who creates one becomes its owner.
+#[utoipa::path(
+    operation_id = "spaces_create",
+    post,
+    path = "/api/v1/spaces",
+    tag = "spaces",
+    request_body = CreateSpace,
+    responses((status = 201, description = "The space created", body = DataSpace), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("space_create")))
+)]
 pub(crate) async fn create(
     ctx: Ctx,
     Body(req): Body<CreateSpace>,
@@ -96,18 +115,39 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(space)))
 }
 
+#[utoipa::path(
+    operation_id = "spaces_show",
+    get,
+    path = "/api/v1/spaces/{id}",
+    tag = "spaces",
+    params(("id" = String, Path, description = "The data space's id")),
+    responses((status = 200, description = "The space", body = DataSpace), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("space_read")))
+)]
 pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<DataSpace>, ApiError> {
     let (_, space) = ctx.in_space(Some(&id), Action::SpaceRead).await?;
     Ok(Json(space))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateSpace {
     name: Option<String>,
     description: Option<String>,
 }
 
+#[utoipa::path(
+    operation_id = "spaces_update",
+    patch,
+    path = "/api/v1/spaces/{id}",
+    tag = "spaces",
+    params(("id" = String, Path, description = "The data space's id")),
+    request_body = UpdateSpace,
+    responses((status = 200, description = "The space changed", body = DataSpace), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("space_update")))
+)]
 pub(crate) async fn update(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -124,6 +164,16 @@ pub(crate) async fn update(
 }
 
 /// Deletes an empty data space (not the default one).
+#[utoipa::path(
+    operation_id = "spaces_delete",
+    delete,
+    path = "/api/v1/spaces/{id}",
+    tag = "spaces",
+    params(("id" = String, Path, description = "The data space's id")),
+    responses((status = 200, description = "The space deleted", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("space_delete")))
+)]
 pub(crate) async fn delete(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -139,7 +189,7 @@ pub(crate) async fn delete(
 }
 
 /// A member of a data space: a user and the roles it holds there.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Member {
     user_id: String,
     username: String,
@@ -147,6 +197,16 @@ pub(crate) struct Member {
 }
 
 /// The members of a space, by user id.
+#[utoipa::path(
+    operation_id = "spaces_members",
+    get,
+    path = "/api/v1/spaces/{id}/members",
+    tag = "spaces",
+    params(("id" = String, Path, description = "The data space's id"), ListQuery),
+    responses((status = 200, description = "A page of members with their roles", body = Page<Member>), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("members_list")))
+)]
 pub(crate) async fn members(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -278,6 +338,16 @@ async fn change_role(
     })))
 }
 
+#[utoipa::path(
+    operation_id = "spaces_grant",
+    put,
+    path = "/api/v1/spaces/{id}/members/{user_id}/roles/{role}",
+    tag = "spaces",
+    params(("id" = String, Path, description = "The data space's id"), ("user_id" = String, Path, description = "The user's id"), ("role" = String, Path, description = "A space role: owner, can_view, can_consume, can_manage, can_operate or can_edit")),
+    responses((status = 200, description = "The member's roles", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("members_grant")))
+)]
 pub(crate) async fn grant(
     ctx: Ctx,
     Path((space, user, role)): Path<(String, String, String)>,
@@ -285,6 +355,16 @@ pub(crate) async fn grant(
     change_role(&ctx, &space, &user, &role, Change::Grant).await
 }
 
+#[utoipa::path(
+    operation_id = "spaces_revoke",
+    delete,
+    path = "/api/v1/spaces/{id}/members/{user_id}/roles/{role}",
+    tag = "spaces",
+    params(("id" = String, Path, description = "The data space's id"), ("user_id" = String, Path, description = "The user's id"), ("role" = String, Path, description = "A space role")),
+    responses((status = 200, description = "The member's roles", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("members_revoke")))
+)]
 pub(crate) async fn revoke(
     ctx: Ctx,
     Path((space, user, role)): Path<(String, String, String)>,

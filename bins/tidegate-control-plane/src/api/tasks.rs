@@ -24,7 +24,7 @@ use crate::Shared;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A task as `task_list` (monitoring) shows it: no settings.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TaskSummary {
     id: String,
     space_id: String,
@@ -36,7 +36,7 @@ pub(crate) struct TaskSummary {
 }
 
 /// A task in full, as `task_read` shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TaskView {
     #[serde(flatten)]
     summary: TaskSummary,
@@ -75,7 +75,7 @@ impl From<DataTaskRecord> for TaskSummary {
 }
 
 /// A run as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct RunView {
     id: String,
     task_id: String,
@@ -108,7 +108,7 @@ impl From<TaskRunRecord> for RunView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTask {
     space_id: Option<String>,
@@ -124,6 +124,16 @@ pub(crate) struct CreateTask {
     schedule: Option<String>,
 }
 
+#[utoipa::path(
+    operation_id = "tasks_create",
+    post,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    request_body = CreateTask,
+    responses((status = 201, description = "The task created", body = TaskView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_create")))
+)]
 pub(crate) async fn create(
     ctx: Ctx,
     Body(req): Body<CreateTask>,
@@ -157,6 +167,16 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(task.into())))
 }
 
+#[utoipa::path(
+    operation_id = "tasks_list",
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses((status = 200, description = "A page of tasks, basic details", body = Page<TaskSummary>), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_list")))
+)]
 pub(crate) async fn list(
     ctx: Ctx,
     Query(q): Query<ListQuery>,
@@ -169,6 +189,16 @@ pub(crate) async fn list(
     Ok(page_of(page, TaskSummary::from))
 }
 
+#[utoipa::path(
+    operation_id = "tasks_show",
+    get,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The task in full", body = TaskView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_read")))
+)]
 pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
@@ -179,7 +209,7 @@ pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<TaskVi
 }
 
 /// A change to a task. Absent fields stay as they are; `schedule: null` removes the schedule.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateTask {
     name: Option<String>,
@@ -198,6 +228,17 @@ pub(crate) struct UpdateTask {
 
 /// Changes a task. A run already going keeps what it was started with; the next run uses the
 /// change.
+#[utoipa::path(
+    operation_id = "tasks_update",
+    patch,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    request_body = UpdateTask,
+    responses((status = 200, description = "The task changed", body = TaskView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_update")))
+)]
 pub(crate) async fn update(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -250,6 +291,16 @@ pub(crate) async fn update(
 }
 
 /// Deletes a task that is not running, with its runs.
+#[utoipa::path(
+    operation_id = "tasks_delete",
+    delete,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_delete")))
+)]
 pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
@@ -263,7 +314,7 @@ pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCod
 /// Where a task's data landed, for those who consume it: the target (its kind and where it
 /// writes, never its credentials) and the tables of the last completed run. The control
 /// plane holds no data; consumers read it from the target with their own access.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TaskOutput {
     task_id: String,
     target: OutputTarget,
@@ -271,7 +322,7 @@ pub(crate) struct TaskOutput {
     run: Option<OutputRun>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct OutputTarget {
     connection_id: String,
     kind: String,
@@ -279,7 +330,7 @@ pub(crate) struct OutputTarget {
     location: BTreeMap<String, String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct OutputRun {
     run_id: String,
     ended_at_ms: Option<i64>,
@@ -292,6 +343,16 @@ const LOCATION_SETTINGS: &[&str] = &[
     "bucket", "prefix", "region", "endpoint", "root", "database", "schema",
 ];
 
+#[utoipa::path(
+    operation_id = "tasks_output",
+    get,
+    path = "/api/v1/tasks/{id}/output",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "Where the data landed", body = TaskOutput), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("data_consume")))
+)]
 pub(crate) async fn output(ctx: Ctx, Path(id): Path<String>) -> Result<Json<TaskOutput>, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
@@ -337,13 +398,23 @@ pub(crate) async fn output(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Task
 }
 
 /// The query of a task's runs: a page.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunsQuery {
     limit: Option<u32>,
     after: Option<String>,
 }
 
+#[utoipa::path(
+    operation_id = "tasks_runs",
+    get,
+    path = "/api/v1/tasks/{id}/runs",
+    tag = "runs",
+    params(("id" = String, Path, description = "The task's id"), RunsQuery),
+    responses((status = 200, description = "A page of the task's runs, oldest first", body = Page<RunView>), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("run_read")))
+)]
 pub(crate) async fn runs(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -359,6 +430,16 @@ pub(crate) async fn runs(
     Ok(page_of(page, RunView::from))
 }
 
+#[utoipa::path(
+    operation_id = "tasks_start_run",
+    post,
+    path = "/api/v1/tasks/{id}/runs",
+    tag = "runs",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 201, description = "The run started", body = RunView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_run")))
+)]
 pub(crate) async fn start_run(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -387,6 +468,16 @@ pub(crate) async fn start_run(
 /// Resumes a failed or stopped run under the same run id: tables it finished (their output is
 /// committed) are skipped, every other table is copied again from the start, replacing what
 /// the interrupted attempt left.
+#[utoipa::path(
+    operation_id = "tasks_resume_run",
+    post,
+    path = "/api/v1/runs/{id}/resume",
+    tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses((status = 202, description = "The run resumes", body = RunView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_resume")))
+)]
 pub(crate) async fn resume_run(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -431,6 +522,16 @@ pub(crate) async fn resume_run(
     ))
 }
 
+#[utoipa::path(
+    operation_id = "tasks_stop",
+    post,
+    path = "/api/v1/tasks/{id}/stop",
+    tag = "runs",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 202, description = "The gateway is stopping the run", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_stop")))
+)]
 pub(crate) async fn stop(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -458,6 +559,16 @@ pub(crate) async fn stop(
     }
 }
 
+#[utoipa::path(
+    operation_id = "tasks_run",
+    get,
+    path = "/api/v1/runs/{id}",
+    tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses((status = 200, description = "The run", body = RunView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("run_read")))
+)]
 pub(crate) async fn run(ctx: Ctx, Path(id): Path<String>) -> Result<Json<RunView>, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;

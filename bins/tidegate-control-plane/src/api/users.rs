@@ -15,7 +15,7 @@ use super::{ApiError, Body, Ctx, ListQuery, Query, now_ms};
 use crate::Shared;
 
 /// A user as the API shows it: never its password hash.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct UserView {
     id: String,
     username: String,
@@ -73,6 +73,16 @@ async fn manager(ctx: &Ctx) -> Result<Caller, ApiError> {
     Ok(caller)
 }
 
+#[utoipa::path(
+    operation_id = "users_list",
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    params(ListQuery),
+    responses((status = 200, description = "A page of users", body = Page<UserView>), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("users_manage")))
+)]
 pub(crate) async fn list(
     ctx: Ctx,
     Query(q): Query<ListQuery>,
@@ -93,6 +103,16 @@ pub(crate) async fn list(
     }))
 }
 
+#[utoipa::path(
+    operation_id = "users_show",
+    get,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id")),
+    responses((status = 200, description = "The user", body = UserView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("users_manage")))
+)]
 pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<UserView>, ApiError> {
     manager(&ctx).await?;
     let shared = &ctx.shared;
@@ -100,7 +120,7 @@ pub(crate) async fn show(ctx: Ctx, Path(id): Path<String>) -> Result<Json<UserVi
     Ok(Json(shared.user_view(user).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateUser {
     username: String,
@@ -110,6 +130,16 @@ pub(crate) struct CreateUser {
 }
 
 /// Creates a local user with a password (hashed with Argon2id), without any role.
+#[utoipa::path(
+    operation_id = "users_create",
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = CreateUser,
+    responses((status = 201, description = "The user created", body = UserView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("users_manage")))
+)]
 pub(crate) async fn create(
     ctx: Ctx,
     Body(req): Body<CreateUser>,
@@ -138,7 +168,7 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(shared.user_view(user).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateUser {
     disabled: Option<bool>,
@@ -147,6 +177,17 @@ pub(crate) struct UpdateUser {
 }
 
 /// Changes a user. Disabling it ends its sessions at once.
+#[utoipa::path(
+    operation_id = "users_update",
+    patch,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id")),
+    request_body = UpdateUser,
+    responses((status = 200, description = "The user changed", body = UserView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("users_manage")))
+)]
 pub(crate) async fn update(
     ctx: Ctx,
     Path(id): Path<String>,
@@ -199,6 +240,16 @@ async fn system_role_change(
     Ok((user, role))
 }
 
+#[utoipa::path(
+    operation_id = "users_grant_system_role",
+    put,
+    path = "/api/v1/users/{id}/system-roles/{role}",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id"), ("role" = String, Path, description = "A system role: data_admin, data_product_manager, data_space_creator or data_services_contributor")),
+    responses((status = 200, description = "The user with the role", body = UserView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("users_manage")))
+)]
 pub(crate) async fn grant_system_role(
     ctx: Ctx,
     Path((id, role)): Path<(String, String)>,
@@ -217,6 +268,16 @@ pub(crate) async fn grant_system_role(
     Ok(Json(shared.user_view(user).await?))
 }
 
+#[utoipa::path(
+    operation_id = "users_revoke_system_role",
+    delete,
+    path = "/api/v1/users/{id}/system-roles/{role}",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id"), ("role" = String, Path, description = "A system role")),
+    responses((status = 200, description = "The user without the role", body = UserView), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("users_manage")))
+)]
 pub(crate) async fn revoke_system_role(
     ctx: Ctx,
     Path((id, role)): Path<(String, String)>,
