@@ -28,6 +28,7 @@
 pub mod dev_tls;
 pub mod quickstart;
 
+pub use tidegate_assist as assist;
 pub use tidegate_auth as auth;
 pub use tidegate_channel as channel;
 pub use tidegate_client as client;

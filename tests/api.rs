@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use common::{Harness, OPERATOR};
 use serde_json::{Value, json};
 use tidegate::gateway::{Gateway, LinkState};
@@ -313,5 +315,178 @@ async fn a_stopped_run_leaves_no_complete_looking_output() {
             .any(|t| t["state"] != json!("Done")),
         "the run finished before the stop arrived: make the sample larger"
     );
+    gateway.shutdown().await;
+}
+
+/// A stand-in for an OpenAI-compatible endpoint (no real language model can run here): it
+/// records every request body and answers with a description for each table and column it
+/// was told about.
+async fn fake_model() -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+    use axum::http::HeaderMap;
+    let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
+            let log = log.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let asked: Value =
+                    serde_json::from_str(body["messages"][1]["content"].as_str().unwrap())
+                        .unwrap();
+                log.lock().unwrap().push((auth, body.0.clone()));
+                let tables: Vec<Value> = asked["tables"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        let columns: Vec<Value> = t["columns"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|c| json!({"name": c["name"], "description": format!("The {}.", c["name"].as_str().unwrap())}))
+                            .collect();
+                        json!({"schema": t["schema"], "name": t["name"],
+                               "description": format!("All {}.", t["name"].as_str().unwrap()),
+                               "columns": columns})
+                    })
+                    .collect();
+                let content = json!({"tables": tables}).to_string();
+                axum::Json(json!({"choices": [{"message": {"role": "assistant", "content": content}}]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ai_assist_is_off_until_turned_on_and_sends_metadata_only() {
+    let (url, seen) = fake_model().await;
+    let h = Harness::start_with(|c| {
+        c.assist = vec![tidegate::assist::AssistEndpoint {
+            region: "eu-west".into(),
+            base_url: tidegate::assist::Url::parse(&url).unwrap(),
+            model: "describer".into(),
+            api_key: Some(tidegate::proto::SecretString::new("assist-key")),
+        }];
+    })
+    .await;
+    let (id, config, identity) = h.enrolled("a").await;
+    // A source whose rows hold canary values: none may leave the gateway.
+    let source = h.dir.path().join("shop.sqlite");
+    let url_of = format!("sqlite://{}?mode=rwc", source.display());
+    let pool = sqlx::SqlitePool::connect(&url_of).await.unwrap();
+    sqlx::query("CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, balance REAL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO customers VALUES (1, 'canary-7f3a@example.com', 1234.5678)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let connection = h
+        .api
+        .post(
+            "/api/v1/connections",
+            json!({"name": "shop", "kind": "sqlite", "settings": {"path": source.display().to_string()}}),
+        )
+        .await
+        .unwrap();
+    let describe = format!(
+        "/api/v1/connections/{}/describe",
+        connection["id"].as_str().unwrap()
+    );
+    let gateway = Gateway::start(config, identity).unwrap();
+    gateway
+        .state()
+        .wait_for(|s| *s == LinkState::Online)
+        .await
+        .unwrap();
+    common::wait_for(async || h.gateway(&id).await.online).await;
+
+    // Off by default: refused, and the endpoint hears nothing.
+    let settings = h.api.get("/api/v1/settings/assist").await.unwrap();
+    assert_eq!(settings["enabled"], false);
+    assert_eq!(settings["available_regions"], json!(["eu-west"]));
+    let refused = h
+        .api
+        .post(&describe, json!({"gateway_id": id}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("409") && refused.contains("off"),
+        "{refused}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    // Turning it on needs a region with an endpoint.
+    let operator = h.operator();
+    let bad = operator
+        .put(
+            "/api/v1/settings/assist",
+            &json!({"enabled": true, "region": "mars"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(400), "{bad}");
+    assert!(bad.to_string().contains("mars"), "{bad}");
+    operator
+        .put(
+            "/api/v1/settings/assist",
+            &json!({"enabled": true, "region": "eu-west"}),
+        )
+        .await
+        .unwrap();
+
+    let answer = h
+        .api
+        .post(&describe, json!({"gateway_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(answer["region"], "eu-west");
+    let customers = answer["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "customers")
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(customers["description"], "All customers.");
+    assert_eq!(customers["columns"]["email"], "The email.");
+
+    // What the endpoint received: names, types and counts, with the configured key; no value.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let (auth, body) = &seen[0];
+    assert_eq!(auth.as_deref(), Some("Bearer assist-key"));
+    let sent = body.to_string();
+    for value in ["canary-7f3a", "1234.5678"] {
+        assert!(!sent.contains(value), "a row value was sent: {sent}");
+    }
+    let asked: Value =
+        serde_json::from_str(body["messages"][1]["content"].as_str().unwrap()).unwrap();
+    let table = asked["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "customers")
+        .unwrap();
+    let columns: Vec<&str> = table["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["id", "email", "balance"]);
+    // Only the schema types' fields: nothing that could carry a value.
+    let mut keys: Vec<&String> = table.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["columns", "name", "row_count", "schema"]);
+    drop(seen);
     gateway.shutdown().await;
 }

@@ -308,7 +308,7 @@ struct Subject<'a> {
 }
 
 /// Makes the one request of the API that asks for `action`, as `who`. `None` for the actions
-/// no endpoint asks for yet (data assets and data products).
+/// no endpoint asks for yet (data products).
 async fn probe(who: &Subject<'_>, f: &Fixture, action: Action, n: usize) -> Option<u16> {
     let c = who.client;
     let s = &f.space;
@@ -394,7 +394,14 @@ async fn probe(who: &Subject<'_>, f: &Fixture, action: Action, n: usize) -> Opti
         Action::SpaceCreate => status(c.post("/api/v1/spaces", &json!({"name": name}))).await,
         Action::SpacesAdminister => status(c.get("/api/v1/audit")).await,
         Action::UsersManage => status(c.get("/api/v1/users")).await,
-        Action::DataAssetCreate | Action::DataProductCreate => return None,
+        Action::DataAssetCreate => {
+            // Descriptions for the space's data assets (refused with 409 while the assist is
+            // off, which is after authorization).
+            let path = format!("/api/v1/connections/{}/describe", f.connection);
+            status(c.post(&path, &json!({"gateway_id": f.gateway}))).await
+        }
+        Action::AssistConfigure => status(c.get("/api/v1/settings/assist")).await,
+        Action::DataProductCreate => return None,
     })
 }
 
@@ -530,7 +537,7 @@ async fn the_api_enforces_the_role_matrix() {
     unprobed.dedup();
     assert_eq!(
         unprobed,
-        [Action::DataAssetCreate, Action::DataProductCreate],
+        [Action::DataProductCreate],
         "only the actions without an endpoint go unprobed"
     );
 
@@ -1322,7 +1329,7 @@ async fn the_served_openapi_document_matches_the_routes() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 45, "operations checked");
+    assert!(checked >= 48, "only {checked} operations documented");
     // And a route that is not documented is not served.
     let error = c.get("/api/v1/nothing-here").await.unwrap_err();
     assert_eq!(error.status(), Some(404));

@@ -114,6 +114,9 @@ pub struct ControlPlaneConfig {
     /// Whether a person the OpenID provider vouches for, unknown here, becomes a user (without
     /// any role) at first login; otherwise such a login is refused.
     pub oidc_auto_create: bool,
+    /// The OpenAI-compatible endpoints of the AI assist, one per region. A tenant uses one only
+    /// once a Data Admin turned the assist on and chose its region.
+    pub assist: Vec<tidegate_assist::AssistEndpoint>,
 }
 
 impl fmt::Debug for ControlPlaneConfig {
@@ -136,6 +139,7 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("session_ttl", &self.session_ttl)
             .field("oidc", &self.oidc)
             .field("oidc_auto_create", &self.oidc_auto_create)
+            .field("assist", &self.assist)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +160,7 @@ impl ControlPlaneConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             oidc: None,
             oidc_auto_create: false,
+            assist: Vec::new(),
         }
     }
 }

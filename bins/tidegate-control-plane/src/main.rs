@@ -71,6 +71,22 @@ struct FileConfig {
     bootstrap_admin_password_file: Option<PathBuf>,
     session_ttl_s: Option<u64>,
     oidc: Option<OidcFile>,
+    /// `[[assist]]` tables: the AI assist's endpoints, one per region.
+    #[serde(default)]
+    assist: Vec<AssistFile>,
+}
+
+/// One `[[assist]]` table: an OpenAI-compatible chat-completions endpoint for one region.
+/// Tenants use it only once a Data Admin turned the assist on and chose the region.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct AssistFile {
+    region: String,
+    /// The API base URL; requests go to `<base_url>/chat/completions`.
+    base_url: String,
+    model: String,
+    /// A file holding the API key, if the endpoint needs one.
+    api_key_file: Option<PathBuf>,
 }
 
 /// The `[oidc]` table: single sign-on through an OpenID provider.
@@ -191,6 +207,24 @@ async fn main() -> anyhow::Result<()> {
         c.ca_pem = oidc.ca_file.as_deref().map(read).transpose()?;
         config.oidc = Some(c);
         config.oidc_auto_create = oidc.auto_create;
+    }
+    for assist in file.assist {
+        let mut base_url = url::Url::parse(&assist.base_url)
+            .with_context(|| format!("[[assist]] {}: base_url", assist.region))?;
+        // `join` keeps the last segment only after a slash.
+        if !base_url.path().ends_with('/') {
+            base_url.set_path(&format!("{}/", base_url.path()));
+        }
+        let api_key = match &assist.api_key_file {
+            Some(path) => Some(SecretString::new(read(path)?.trim())),
+            None => None,
+        };
+        config.assist.push(tidegate_assist::AssistEndpoint {
+            region: assist.region,
+            base_url,
+            model: assist.model,
+            api_key,
+        });
     }
 
     if let Some(token_file) = args.operator_token_file.or(file.operator_token_file) {

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidegate_proto::{SecretString, TableDescription};
+/// The URL type of [`AssistEndpoint::base_url`].
+pub use url::Url;
 
 /// Longest description kept, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 500;

@@ -27,15 +27,23 @@ use crate::{
 };
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The migrations: version, description, SQLite script, PostgreSQL script.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "metadata",
-    include_str!("../migrations/sqlite/0001_metadata.sql"),
-    include_str!("../migrations/postgres/0001_metadata.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "metadata",
+        include_str!("../migrations/sqlite/0001_metadata.sql"),
+        include_str!("../migrations/postgres/0001_metadata.sql"),
+    ),
+    (
+        2,
+        "tenant settings",
+        include_str!("../migrations/sqlite/0002_tenant_settings.sql"),
+        include_str!("../migrations/postgres/0002_tenant_settings.sql"),
+    ),
+];
 
 type Query = sqlx::query::Query<'static, Any, AnyArguments>;
 
@@ -563,6 +571,46 @@ impl MetadataStore for SqlStore {
             "data spaces, users or data keys",
         )
         .await
+    }
+
+    async fn tenant_setting(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let op = "reading a tenant setting";
+        let row =
+            sqlx::query("SELECT value FROM tenant_settings WHERE tenant_id = $1 AND name = $2")
+                .bind(tenant_id.to_owned())
+                .bind(name.to_owned())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db(op))?;
+        row.map(|row| get_json(&row, "value")).transpose()
+    }
+
+    async fn set_tenant_setting(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), Error> {
+        crate::validate_name("setting name", name)?;
+        let sql = concat!(
+            "INSERT INTO tenant_settings (tenant_id, name, value, updated_at_ms) ",
+            "SELECT id, $2, $3, $4 FROM tenants WHERE id = $1 ",
+            "ON CONFLICT (tenant_id, name) DO UPDATE SET value = excluded.value, ",
+            "updated_at_ms = excluded.updated_at_ms"
+        );
+        let query = sqlx::query(sql)
+            .bind(tenant_id.to_owned())
+            .bind(name.to_owned())
+            .bind(value.to_string())
+            .bind(now_ms());
+        match self.affected("writing a tenant setting", query).await? {
+            0 => Err(not_found("tenant", tenant_id)),
+            _ => Ok(()),
+        }
     }
 
     // --- Data spaces --------------------------------------------------------------------

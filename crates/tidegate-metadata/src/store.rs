@@ -57,6 +57,19 @@ pub trait MetadataStore: Send + Sync {
     ) -> impl Future<Output = Result<Page<Tenant>, Error>> + Send;
     /// Deletes a tenant that has no data spaces, users or data keys left.
     fn delete_tenant(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// A setting of the tenant, if it was ever set.
+    fn tenant_setting(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send;
+    /// Sets a setting of the tenant, replacing its value.
+    fn set_tenant_setting(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     // --- Data spaces --------------------------------------------------------------------
 

@@ -108,6 +108,7 @@ on_both_backends!(
     roles,
     sessions,
     data_keys,
+    tenant_settings,
     gateways,
     connections,
     tasks_and_references,
@@ -534,6 +535,36 @@ async fn sessions(db: &TestDb) -> Result<()> {
             == 2
     );
     not_found(store.session("ses_missing").await, "login session")?;
+    Ok(())
+}
+
+async fn tenant_settings(db: &TestDb) -> Result<()> {
+    let store = db.open().await;
+    let acme = store.create_tenant("acme").await?;
+    let other = store.create_tenant("other").await?;
+    ensure!(store.tenant_setting(&acme.id, "assist").await?.is_none());
+    let on = serde_json::json!({"enabled": true, "region": "eu-west"});
+    store.set_tenant_setting(&acme.id, "assist", &on).await?;
+    ensure!(store.tenant_setting(&acme.id, "assist").await? == Some(on));
+    // Setting it again replaces it; another tenant's settings are its own.
+    let off = serde_json::json!({"enabled": false});
+    store.set_tenant_setting(&acme.id, "assist", &off).await?;
+    ensure!(store.tenant_setting(&acme.id, "assist").await? == Some(off));
+    ensure!(store.tenant_setting(&other.id, "assist").await?.is_none());
+    // An unknown tenant and a bad name are refused.
+    let missing = store
+        .set_tenant_setting("tnt_nope", "assist", &serde_json::json!(1))
+        .await;
+    ensure!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "{missing:?}"
+    );
+    let bad = store
+        .set_tenant_setting(&acme.id, "", &serde_json::json!(1))
+        .await;
+    ensure!(matches!(bad, Err(Error::Invalid { .. })), "{bad:?}");
+    // The settings go with their tenant.
+    store.delete_tenant(&other.id).await?;
     Ok(())
 }
 

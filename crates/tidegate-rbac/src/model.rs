@@ -159,6 +159,8 @@ named! {
         DataProductCreate = "data_product_create",
         /// Manage local users: list, create and disable them, grant system roles (system-wide).
         UsersManage = "users_manage",
+        /// Turn the tenant's AI assist on or off and choose its region (system-wide).
+        AssistConfigure = "assist_configure",
     }
 }
 
@@ -262,6 +264,7 @@ const MATRIX: &[Row] = &[
     system(A::SpacesAdminister, &[ADMIN]),
     system(A::DataProductCreate, &[PRODUCT]),
     system(A::UsersManage, &[ADMIN]),
+    system(A::AssistConfigure, &[ADMIN]),
 ];
 
 fn row_of(action: Action) -> &'static Row {

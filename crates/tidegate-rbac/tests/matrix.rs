@@ -40,6 +40,7 @@ space_create         . . x .
 spaces_administer    x . . .
 data_product_create  . x . .
 users_manage         x . . .
+assist_configure     x . . .
 ";
 
 struct Cells {

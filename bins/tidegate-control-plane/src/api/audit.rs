@@ -136,6 +136,18 @@ pub(crate) const AUDITED: &[(Method, &str, &str, &str)] = &[
         "connection.delete",
         "connection",
     ),
+    (
+        Method::PUT,
+        "/api/v1/settings/assist",
+        "assist.configure",
+        "tenant",
+    ),
+    (
+        Method::POST,
+        "/api/v1/connections/{id}/describe",
+        "connection.describe",
+        "connection",
+    ),
     (Method::POST, "/api/v1/tasks", "task.create", "data_task"),
     (
         Method::PATCH,

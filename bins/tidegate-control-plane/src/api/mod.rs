@@ -6,6 +6,7 @@
 //! 4xx or 5xx status; messages never hold a secret.
 
 mod access;
+mod assist;
 mod audit;
 mod auth;
 mod connections;
@@ -95,6 +96,8 @@ fn documented_routes() -> (Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
             connections::delete
         ))
         .routes(routes!(connections::test))
+        .routes(routes!(assist::describe))
+        .routes(routes!(assist::settings, assist::configure))
         .routes(routes!(tasks::create, tasks::list))
         .routes(routes!(tasks::show, tasks::update, tasks::delete))
         .routes(routes!(tasks::output))
