@@ -321,9 +321,12 @@ async fn a_stopped_run_leaves_no_complete_looking_output() {
 /// A stand-in for an OpenAI-compatible endpoint (no real language model can run here): it
 /// records every request body and answers with a description for each table and column it
 /// was told about.
-async fn fake_model() -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+/// What the stand-in endpoint received: the authorization header and the body of each request.
+type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
+async fn fake_model() -> (String, Received) {
     use axum::http::HeaderMap;
-    let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    let seen = Received::default();
     let log = seen.clone();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
@@ -460,7 +463,7 @@ async fn the_ai_assist_is_off_until_turned_on_and_sends_metadata_only() {
     assert_eq!(customers["columns"]["email"], "The email.");
 
     // What the endpoint received: names, types and counts, with the configured key; no value.
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     let (auth, body) = &seen[0];
     assert_eq!(auth.as_deref(), Some("Bearer assist-key"));
@@ -487,6 +490,5 @@ async fn the_ai_assist_is_off_until_turned_on_and_sends_metadata_only() {
     let mut keys: Vec<&String> = table.as_object().unwrap().keys().collect();
     keys.sort();
     assert_eq!(keys, ["columns", "name", "row_count", "schema"]);
-    drop(seen);
     gateway.shutdown().await;
 }
