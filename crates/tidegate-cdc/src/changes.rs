@@ -67,6 +67,26 @@ pub struct BatchConfig {
     pub binary: bool,
 }
 
+impl BatchConfig {
+    /// Sets [`batch_rows`](Self::batch_rows).
+    pub fn with_batch_rows(mut self, rows: usize) -> Self {
+        self.batch_rows = rows;
+        self
+    }
+
+    /// Sets [`batch_bytes`](Self::batch_bytes).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes;
+        self
+    }
+
+    /// Sets [`binary`](Self::binary).
+    pub fn with_binary(mut self, binary: bool) -> Self {
+        self.binary = binary;
+        self
+    }
+}
+
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
