@@ -678,7 +678,9 @@ impl ChangeDecoder {
             }
             None => tracing::debug!(table = %schema.table, oid = schema.oid, "table described"),
         }
-        let capacity = self.config.batch_rows.min(1024);
+        // Builders start small and grow with the table's traffic: thousands of described
+        // tables must not each hold a full batch's worth of memory.
+        let capacity = self.config.batch_rows.min(128);
         self.relations.insert(
             relation.oid,
             RelationState::new(Arc::clone(&schema), self.config.binary, capacity),
@@ -953,5 +955,449 @@ impl RelationState {
             streamed: context.streamed,
             batch,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Decimal128Type, Int32Type, UInt16Type, UInt32Type};
+
+    use super::*;
+    use crate::pgoutput::encode::{Column, MessageBuilder};
+
+    const REL: u32 = 16384;
+
+    /// `orders (id int4 key, note text, amount numeric(12, 2))`, identity as given.
+    fn relation(identity: u8, in_stream: Option<u32>) -> Vec<u8> {
+        let mut message = MessageBuilder::new(b'R');
+        if let Some(xid) = in_stream {
+            message = message.u32(xid);
+        }
+        message
+            .u32(REL)
+            .cstr("public")
+            .cstr("orders")
+            .u8(identity)
+            .i16(3)
+            .u8(1)
+            .cstr("id")
+            .u32(23)
+            .u32(u32::MAX)
+            .u8(0)
+            .cstr("note")
+            .u32(25)
+            .u32(u32::MAX)
+            .u8(0)
+            .cstr("amount")
+            .u32(1700)
+            .u32((12 << 16 | 2) + 4)
+            .build()
+    }
+
+    fn begin(xid: u32) -> Vec<u8> {
+        MessageBuilder::new(b'B')
+            .u64(0x100)
+            .u64(1000)
+            .u32(xid)
+            .build()
+    }
+
+    fn commit() -> Vec<u8> {
+        MessageBuilder::new(b'C')
+            .u8(0)
+            .u64(0x100)
+            .u64(0x110)
+            .u64(1000)
+            .build()
+    }
+
+    /// 12.50 as a binary numeric.
+    const AMOUNT: [u8; 12] = [0, 2, 0, 0, 0, 0, 0, 2, 0, 12, 0x13, 0x88];
+
+    fn row<'a>(id: &'a [u8; 4], note: Column<'a>) -> [Column<'a>; 3] {
+        [Some(Some((b'b', id))), note, Some(Some((b'b', &AMOUNT)))]
+    }
+
+    fn insert(id: i32, in_stream: Option<u32>) -> Vec<u8> {
+        let id = id.to_be_bytes();
+        let mut message = MessageBuilder::new(b'I');
+        if let Some(xid) = in_stream {
+            message = message.u32(xid);
+        }
+        message
+            .u32(REL)
+            .u8(b'N')
+            .tuple(&row(&id, Some(Some((b'b', b"note")))))
+            .build()
+    }
+
+    fn feed(decoder: &mut ChangeDecoder, messages: &[Vec<u8>]) -> Vec<ChangeEvent> {
+        let mut out = VecDeque::new();
+        for (index, message) in messages.iter().enumerate() {
+            let progress = decoder
+                .decode(Lsn::new(0x10 + index as u64), message, &mut out)
+                .unwrap();
+            assert_eq!(progress, Progress::Done);
+        }
+        out.into_iter().collect()
+    }
+
+    fn batches(events: &[ChangeEvent]) -> Vec<&ChangeBatch> {
+        events
+            .iter()
+            .filter_map(|event| match event {
+                ChangeEvent::Changes(batch) => Some(batch),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn decoder() -> ChangeDecoder {
+        ChangeDecoder::new(BatchConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_transaction_becomes_begin_relation_batch_commit() {
+        let mut decoder = decoder();
+        let key_old = [Some(Some((b'b', &1i32.to_be_bytes()[..]))), None, None];
+        let update = MessageBuilder::new(b'U')
+            .u32(REL)
+            .u8(b'K')
+            .tuple(&key_old)
+            .u8(b'N')
+            .tuple(&row(&2i32.to_be_bytes(), Some(None)))
+            .build();
+        let delete = MessageBuilder::new(b'D')
+            .u32(REL)
+            .u8(b'K')
+            .tuple(&key_old)
+            .build();
+        let truncate = MessageBuilder::new(b'T').u32(1).u8(0).u32(REL).build();
+        let events = feed(
+            &mut decoder,
+            &[
+                begin(7),
+                relation(b'd', None),
+                insert(1, None),
+                update,
+                delete,
+                truncate,
+                commit(),
+            ],
+        );
+        assert!(matches!(events[0], ChangeEvent::Begin { xid: 7, .. }));
+        assert!(matches!(
+            events[1],
+            ChangeEvent::Relation { previous: None, .. }
+        ));
+        assert!(matches!(
+            events.last(),
+            Some(ChangeEvent::Commit {
+                xid: 7,
+                streamed: false,
+                ..
+            })
+        ));
+        let batches = batches(&events);
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        assert_eq!((batch.xid, batch.commit_lsn), (7, Some(Lsn::new(0x100))));
+        let rows = &batch.batch;
+        assert_eq!(rows.num_rows(), 4);
+        let ops: Vec<_> = rows.column(0).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(ops, ["insert", "update", "delete", "truncate"]);
+        let ids = rows
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int32Type>();
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            [Some(1), Some(2), None, None]
+        );
+        let old = rows
+            .column_by_name("_tg_old_id")
+            .unwrap()
+            .as_primitive::<Int32Type>();
+        assert_eq!(
+            old.iter().collect::<Vec<_>>(),
+            [None, Some(1), Some(1), None]
+        );
+        let amounts = rows
+            .column_by_name("amount")
+            .unwrap()
+            .as_primitive::<Decimal128Type>();
+        assert_eq!(amounts.value(0), 1250);
+        // The update left `note` (column 1) unchanged: null, and listed.
+        let notes = rows.column_by_name("note").unwrap();
+        assert!(notes.is_null(1));
+        let unchanged = rows
+            .column_by_name(UNCHANGED_COLUMN)
+            .unwrap()
+            .as_list::<i32>();
+        let listed = |row: usize| -> Vec<u16> {
+            unchanged
+                .value(row)
+                .as_primitive::<UInt16Type>()
+                .values()
+                .to_vec()
+        };
+        assert_eq!(listed(0), Vec::<u16>::new());
+        assert_eq!(listed(1), [1]);
+        let lsns = rows.column_by_name(LSN_COLUMN).unwrap();
+        assert_eq!(lsns.null_count(), 0);
+        assert!(!decoder.has_open_transactions());
+    }
+
+    #[test]
+    fn batches_are_bounded_by_rows_and_bytes() {
+        let mut decoder = ChangeDecoder::new(BatchConfig::default().with_batch_rows(2)).unwrap();
+        let mut messages = vec![begin(1), relation(b'd', None)];
+        messages.extend((0..5).map(|id| insert(id, None)));
+        messages.push(commit());
+        let events = feed(&mut decoder, &messages);
+        let sizes: Vec<_> = batches(&events)
+            .iter()
+            .map(|batch| batch.batch.num_rows())
+            .collect();
+        assert_eq!(sizes, [2, 2, 1]);
+
+        let mut decoder = ChangeDecoder::new(BatchConfig::default().with_batch_bytes(100)).unwrap();
+        let events = feed(&mut decoder, &messages);
+        let sizes: Vec<_> = batches(&events)
+            .iter()
+            .map(|batch| batch.batch.num_rows())
+            .collect();
+        assert!(sizes.iter().all(|&rows| rows <= 2), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn streamed_transactions_carry_the_xid_of_each_change() {
+        let mut decoder = decoder();
+        let subtransaction_insert = {
+            let id = 9i32.to_be_bytes();
+            MessageBuilder::new(b'I')
+                .u32(51)
+                .u32(REL)
+                .u8(b'N')
+                .tuple(&row(&id, None))
+                .build()
+        };
+        let events = feed(
+            &mut decoder,
+            &[
+                MessageBuilder::new(b'S').u32(50).u8(1).build(),
+                relation(b'd', Some(50)),
+                insert(1, Some(50)),
+                subtransaction_insert,
+                b"E".to_vec(),
+            ],
+        );
+        assert!(decoder.has_open_transactions(), "streamed, not committed");
+        assert!(!decoder.in_stream_block());
+        let batches = batches(&events);
+        assert_eq!(batches.len(), 1);
+        assert!(batches[0].streamed && batches[0].commit_lsn.is_none());
+        assert_eq!(batches[0].xid, 50);
+        let xids = batches[0].batch.column_by_name(XID_COLUMN).unwrap();
+        let xids = xids.as_primitive::<UInt32Type>();
+        assert_eq!(xids.values().to_vec(), [50, 51]);
+        let commit_ts = batches[0].batch.column_by_name(COMMIT_TS_COLUMN).unwrap();
+        assert_eq!(commit_ts.null_count(), 2, "not committed yet");
+        assert!(matches!(
+            events.last(),
+            Some(ChangeEvent::StreamStop { xid: 50 })
+        ));
+
+        let end = feed(
+            &mut decoder,
+            &[
+                MessageBuilder::new(b'A').u32(50).u32(51).build(),
+                MessageBuilder::new(b'c')
+                    .u32(50)
+                    .u8(0)
+                    .u64(0x200)
+                    .u64(0x210)
+                    .u64(5)
+                    .build(),
+            ],
+        );
+        assert!(matches!(
+            end[0],
+            ChangeEvent::StreamAbort {
+                xid: 50,
+                subxid: 51
+            }
+        ));
+        assert!(matches!(
+            end[1],
+            ChangeEvent::Commit {
+                xid: 50,
+                streamed: true,
+                ..
+            }
+        ));
+        assert!(!decoder.has_open_transactions());
+    }
+
+    #[test]
+    fn a_changed_relation_is_a_new_version_and_an_unchanged_one_is_not() {
+        let mut decoder = decoder();
+        let events = feed(
+            &mut decoder,
+            &[
+                begin(1),
+                relation(b'd', None),
+                insert(1, None),
+                relation(b'd', None),
+            ],
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|event| matches!(event, ChangeEvent::Relation { .. }))
+                .count(),
+            1,
+            "the same description again is no new version"
+        );
+        // Identity FULL: a new version; the pending row goes out with the old one first.
+        let events = feed(
+            &mut decoder,
+            &[relation(b'f', None), insert(2, None), commit()],
+        );
+        assert!(matches!(&events[0], ChangeEvent::Changes(batch) if batch.relation.version == 1));
+        let ChangeEvent::Relation { schema, previous } = &events[1] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(schema.version, 2);
+        assert_eq!(schema.old_columns, [0, 1, 2]);
+        assert_eq!(
+            schema.diff(previous.as_ref().unwrap()),
+            SchemaDiff::default()
+        );
+        assert!(matches!(&events[2], ChangeEvent::Changes(batch) if batch.relation.version == 2));
+    }
+
+    #[test]
+    fn unknown_types_are_asked_for_and_text_mode_needs_none() {
+        let custom = MessageBuilder::new(b'R')
+            .u32(REL)
+            .cstr("public")
+            .cstr("t")
+            .u8(b'd')
+            .i16(1)
+            .u8(1)
+            .cstr("mood")
+            .u32(90_000)
+            .u32(u32::MAX)
+            .build();
+        let mut out = VecDeque::new();
+        let mut binary = decoder();
+        assert_eq!(
+            binary.decode(Lsn::ZERO, &custom, &mut out).unwrap(),
+            Progress::NeedTypes(vec![90_000])
+        );
+        assert!(out.is_empty());
+        let mut text = ChangeDecoder::new(BatchConfig::default().with_binary(false)).unwrap();
+        assert_eq!(
+            text.decode(Lsn::ZERO, &custom, &mut out).unwrap(),
+            Progress::Done
+        );
+        let ChangeEvent::Relation { schema, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(schema.columns[0].pg_type, PgType::Text);
+    }
+
+    #[test]
+    fn protocol_violations_are_errors() {
+        let mut out = VecDeque::new();
+        // A change outside a transaction, of an undescribed table, of the wrong width.
+        let mut fresh = decoder();
+        assert!(fresh.decode(Lsn::ZERO, &insert(1, None), &mut out).is_err());
+        let mut fresh = decoder();
+        fresh.decode(Lsn::ZERO, &begin(1), &mut out).unwrap();
+        assert!(matches!(
+            fresh.decode(Lsn::ZERO, &insert(1, None), &mut out),
+            Err(Error::UnknownRelation { oid: REL })
+        ));
+        let mut fresh = decoder();
+        feed(&mut fresh, &[begin(1), relation(b'd', None)]);
+        let narrow = MessageBuilder::new(b'I')
+            .u32(REL)
+            .u8(b'N')
+            .tuple(&[None])
+            .build();
+        assert!(fresh.decode(Lsn::ZERO, &narrow, &mut out).is_err());
+        // A value of the wrong size for its type names the column, not the value.
+        let mut fresh = decoder();
+        feed(&mut fresh, &[begin(1), relation(b'd', None)]);
+        let bad = MessageBuilder::new(b'I')
+            .u32(REL)
+            .u8(b'N')
+            .tuple(&[Some(Some((b'b', b"12345"))), None, None])
+            .build();
+        let error = fresh.decode(Lsn::ZERO, &bad, &mut out).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidValue { column, .. } if column == "id"),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("12345"), "{error}");
+        // Text where binary was asked for (an int4 in text form).
+        let mut fresh = decoder();
+        feed(&mut fresh, &[begin(1), relation(b'd', None)]);
+        let text = MessageBuilder::new(b'I')
+            .u32(REL)
+            .u8(b'N')
+            .tuple(&[Some(Some((b't', b"1"))), None, None])
+            .build();
+        assert!(fresh.decode(Lsn::ZERO, &text, &mut out).is_err());
+        // Commit without Begin, Stream Stop without Stream Start.
+        assert!(decoder().decode(Lsn::ZERO, &commit(), &mut out).is_err());
+        assert!(decoder().decode(Lsn::ZERO, b"E", &mut out).is_err());
+        // Reserved column names.
+        let reserved = MessageBuilder::new(b'R')
+            .u32(REL)
+            .cstr("public")
+            .cstr("t")
+            .u8(b'd')
+            .i16(1)
+            .u8(0)
+            .cstr("_tg_op")
+            .u32(23)
+            .u32(u32::MAX)
+            .build();
+        assert!(matches!(
+            decoder().decode(Lsn::ZERO, &reserved, &mut out),
+            Err(Error::UnsupportedColumn { .. })
+        ));
+    }
+
+    #[test]
+    fn the_fuzz_seeds_decode() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/pgoutput_decode");
+        for name in ["transaction", "streamed", "text_values"] {
+            let data = std::fs::read(corpus.join(name)).unwrap();
+            let (flags, mut input) = data.split_first().unwrap();
+            let config = BatchConfig::default().with_binary(flags & 1 == 1);
+            let mut decoder = ChangeDecoder::new(config).unwrap();
+            let mut out = VecDeque::new();
+            while let [high, low, tail @ ..] = input {
+                let len = usize::from(u16::from_be_bytes([*high, *low]));
+                let (message, rest) = tail.split_at(len);
+                input = rest;
+                assert_eq!(
+                    decoder.decode(Lsn::ZERO, message, &mut out).unwrap(),
+                    Progress::Done,
+                    "{name}"
+                );
+            }
+            assert!(
+                !batches(&out.into_iter().collect::<Vec<_>>()).is_empty(),
+                "{name}"
+            );
+        }
     }
 }

@@ -702,6 +702,103 @@ async fn tls_is_required_only_when_asked_for() {
     assert!(matches!(error, Error::Tls { .. }), "{error:?}");
 }
 
+/// Turns TLS on in `server` with a certificate for `names`, signed by a throwaway CA whose
+/// PEM file is returned.
+fn enable_tls(server: &PgServer, names: &[&str]) -> tempfile::TempPath {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cdc test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let data = server.execute("src", "SHOW data_directory").unwrap();
+    let data = std::path::Path::new(data.trim());
+    std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        data.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    // The server runs as `postgres` when the tests run as root.
+    let _ = std::process::Command::new("chown")
+        .arg("postgres:")
+        .arg(data.join("server.crt"))
+        .arg(data.join("server.key"))
+        .output();
+    server
+        .execute(
+            "src",
+            "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();",
+        )
+        .unwrap();
+    let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut ca_file, ca.pem().as_bytes()).unwrap();
+    ca_file.into_temp_path()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_check_what_they_promise() {
+    let server = server_with("SELECT 1;").await;
+    let ca = enable_tls(&server, &["localhost"]);
+    let url = |host: &str, mode: &str| {
+        format!(
+            "postgres://{}:{}@{host}:{}/src?sslmode={mode}&sslrootcert={}",
+            server.user(),
+            server.password(),
+            server.port(),
+            ca.display()
+        )
+    };
+    // The server's TLS comes up with the reload; give it a moment.
+    let mut ok = None;
+    for _ in 0..50 {
+        let config = ConnectConfig::from_url(&url("localhost", "verify-full")).unwrap();
+        match ReplicationClient::connect(&config).await {
+            Ok(client) => {
+                ok = Some(client);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut client = ok.expect("verify-full against the right CA and name connects");
+    client.identify_system().await.unwrap();
+    client.close().await;
+    for mode in ["require", "verify-ca"] {
+        let config = ConnectConfig::from_url(&url("127.0.0.1", mode)).unwrap();
+        let mut client = ReplicationClient::connect(&config).await.unwrap();
+        client.identify_system().await.unwrap();
+        client.close().await;
+    }
+    // The certificate names localhost, not 127.0.0.1: only verify-full minds.
+    let config = ConnectConfig::from_url(&url("127.0.0.1", "verify-full")).unwrap();
+    let error = ReplicationClient::connect(&config).await.unwrap_err();
+    assert!(matches!(error, Error::Tls { .. }), "{error:?}");
+    // The ordinary connection takes the same settings.
+    let config = ConnectConfig::from_url(&url("localhost", "verify-full")).unwrap();
+    let mut connection = sqlx::ConnectOptions::connect(&config.sqlx_options())
+        .await
+        .unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_table_starts_a_new_schema_version() {
     let server = server_with("CREATE TABLE t (id int PRIMARY KEY, a text);").await;
