@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds="${1:-60}"
-targets=(frame_decode sealed_open jwt_verify pg_copy_decode secret_open)
+targets=(frame_decode sealed_open jwt_verify pg_copy_decode secret_open pgoutput_decode)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2

@@ -118,3 +118,90 @@ try:
           f"\x00{signing_input}.{b64(key.sign(signing_input.encode()))}".encode())
 except ImportError:
     print("cryptography is not installed: skipped the signed JWT seeds")
+
+# pgoutput_decode: flags byte (bit 0: binary values), then messages, each behind a u16 BE
+# length. Message layouts: PostgreSQL's "Logical Replication Message Formats", protocol 2.
+def pg_message(tag, *fields):
+    return tag + b"".join(fields)
+
+
+def u8(n):
+    return struct.pack(">B", n)
+
+
+def i16(n):
+    return struct.pack(">h", n)
+
+
+def u32(n):
+    return struct.pack(">I", n)
+
+
+def i32(n):
+    return struct.pack(">i", n)
+
+
+def u64(n):
+    return struct.pack(">Q", n)
+
+
+def cstr(s):
+    return s.encode() + b"\x00"
+
+
+def tuple_data(columns):
+    """columns: None (NULL), "u" (unchanged TOAST), or (kind, bytes)."""
+    out = i16(len(columns))
+    for column in columns:
+        if column is None:
+            out += b"n"
+        elif column == "u":
+            out += b"u"
+        else:
+            kind, value = column
+            out += kind + i32(len(value)) + value
+    return out
+
+
+def sequence(flags, messages):
+    return bytes([flags]) + b"".join(struct.pack(">H", len(m)) + m for m in messages)
+
+
+REL = 16384
+# id int4 (key), note text, amount numeric(12,2), at timestamptz
+relation = pg_message(
+    b"R", u32(REL), cstr("public"), cstr("orders"), b"d", i16(4),
+    u8(1), cstr("id"), u32(23), i32(-1),
+    u8(0), cstr("note"), u32(25), i32(-1),
+    u8(0), cstr("amount"), u32(1700), i32((12 << 16 | 2) + 4),
+    u8(0), cstr("at"), u32(1184), i32(-1),
+)
+numeric_12345_67 = struct.pack(">hhHH", 3, 1, 0, 2) + struct.pack(">hhh", 1, 2345, 6700)
+row = [(b"b", i32(1)), (b"b", b"hello"), (b"b", numeric_12345_67), (b"b", u64(1000))]
+begin = pg_message(b"B", u64(0x1000), u64(1000), u32(700))
+commit = pg_message(b"C", u8(0), u64(0x1000), u64(0x1010), u64(1000))
+insert = pg_message(b"I", u32(REL), b"N", tuple_data(row))
+update = pg_message(b"U", u32(REL), b"K", tuple_data([(b"b", i32(1)), None, None, None]),
+                    b"N", tuple_data([(b"b", i32(2)), "u", None, (b"b", u64(5))]))
+delete = pg_message(b"D", u32(REL), b"K", tuple_data([(b"b", i32(2)), None, None, None]))
+truncate = pg_message(b"T", u32(1), u8(0), u32(REL))
+write("pgoutput_decode", "transaction",
+      sequence(1, [begin, relation, insert, insert, update, delete, insert, truncate, commit]))
+text_row = [(b"t", b"1"), (b"t", b"hello"), (b"t", b"12345.67"), None]
+write("pgoutput_decode", "text_values",
+      sequence(0, [begin, relation, pg_message(b"I", u32(REL), b"N", tuple_data(text_row)), commit]))
+XID = 800
+stream_start = pg_message(b"S", u32(XID), u8(1))
+streamed_relation = b"R" + u32(XID) + relation[1:]
+streamed_insert = pg_message(b"I", u32(XID), u32(REL), b"N", tuple_data(row))
+stream_stop = b"E"
+stream_commit = pg_message(b"c", u32(XID), u8(0), u64(0x2000), u64(0x2010), u64(2000))
+write("pgoutput_decode", "streamed",
+      sequence(1, [stream_start, streamed_relation, streamed_insert, streamed_insert, stream_stop,
+                   stream_start, streamed_insert, stream_stop,
+                   pg_message(b"A", u32(XID), u32(XID + 1)), stream_commit]))
+write("pgoutput_decode", "one_relation", b"\x01" + relation)
+write("pgoutput_decode", "message",
+      sequence(1, [pg_message(b"M", u8(1), u64(7), cstr("prefix"), i32(3), b"abc"),
+                   pg_message(b"O", u64(7), cstr("origin")),
+                   pg_message(b"Y", u32(90000), cstr("public"), cstr("mood"))]))

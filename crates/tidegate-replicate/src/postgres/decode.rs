@@ -344,21 +344,134 @@ impl BinaryCopyDecoder {
     }
 }
 
-/// What is wrong with a value's binary form; never quotes the value.
-type ValueError = &'static str;
+/// Decodes single values of one column, each in PostgreSQL's binary `send` form, into an
+/// Arrow array.
+///
+/// This is the per-value half of [`BinaryCopyDecoder`], for values that do not come in a
+/// `COPY` stream: logical replication with `binary 'true'` sends each column of a tuple in
+/// the same form as a binary `COPY` field. Values are appended straight into the column's
+/// builder, as in `COPY` decoding.
+///
+/// ```
+/// use arrow::array::{AsArray, Array};
+/// use arrow::datatypes::Int32Type;
+/// use tidegate_replicate::postgres::{BinaryValueDecoder, PgType};
+///
+/// let mut decoder = BinaryValueDecoder::new(&PgType::Int4, "id", 16);
+/// decoder.append(&7i32.to_be_bytes())?;
+/// decoder.append_null();
+/// assert!(decoder.append(&[1, 2]).is_err(), "two bytes are no int4");
+/// let array = decoder.finish()?;
+/// assert_eq!(array.as_primitive::<Int32Type>().value(0), 7);
+/// assert!(array.is_null(1));
+/// # Ok::<(), tidegate_replicate::postgres::ValueError>(())
+/// ```
+#[derive(Debug)]
+pub struct BinaryValueDecoder {
+    pg_type: PgType,
+    field: FieldRef,
+    column: ColumnDecoder,
+    len: usize,
+    capacity: usize,
+}
 
-const NOT_UTF8: ValueError = "text that is not valid UTF-8";
+impl BinaryValueDecoder {
+    /// A decoder for values of `pg_type`, into a nullable field called `name` (see
+    /// [`field`](Self::field)), with room for `capacity` values before its builder grows.
+    pub fn new(pg_type: &PgType, name: &str, capacity: usize) -> Self {
+        let field: FieldRef = Arc::new(pg_type.field(name, true));
+        let capacity = capacity.min(MAX_PREALLOCATED_ROWS);
+        Self {
+            pg_type: pg_type.clone(),
+            column: ColumnDecoder::new(pg_type, &field, capacity, capacity * 16),
+            field,
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// The field the decoded arrays belong to: the type's Arrow type and extension tag.
+    pub fn field(&self) -> &FieldRef {
+        &self.field
+    }
+
+    /// Appends one value in binary form. On error nothing is known about the builder's
+    /// state: the caller must drop the batch being built.
+    pub fn append(&mut self, value: &[u8]) -> std::result::Result<(), ValueError> {
+        self.column.append(Some(value)).map_err(ValueError)?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Appends a NULL.
+    pub fn append_null(&mut self) {
+        self.column.append_null();
+        self.len += 1;
+    }
+
+    /// Values appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no value has been appended since the last [`finish`](Self::finish).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes the values appended so far as an array of [`field`](Self::field)'s type and
+    /// starts over. Text is checked to be UTF-8 here, in bulk.
+    pub fn finish(&mut self) -> std::result::Result<ArrayRef, ValueError> {
+        self.len = 0;
+        let fresh = ColumnDecoder::new(
+            &self.pg_type,
+            &self.field,
+            self.capacity,
+            self.capacity * 16,
+        );
+        let mut column = std::mem::replace(&mut self.column, fresh);
+        column.finish().map_err(|error| match error {
+            FinishError::Value(reason) => ValueError(reason),
+            FinishError::Arrow(_) => ValueError("the values do not form a valid array"),
+        })
+    }
+}
+
+/// What is wrong with a value's binary form ("an int4 that is not 4 bytes long"); never
+/// holds or quotes the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueError(&'static str);
+
+impl ValueError {
+    /// The reason, as a fixed text.
+    pub fn reason(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+/// What is wrong with a value's binary form; never quotes the value.
+type ValueReason = &'static str;
+
+const NOT_UTF8: ValueReason = "text that is not valid UTF-8";
 
 /// Why a column's values could not become an array.
 #[derive(Debug)]
 enum FinishError {
     /// A value (found only when the batch is validated in bulk).
-    Value(ValueError),
+    Value(ValueReason),
     Arrow(arrow::error::ArrowError),
 }
 
-impl From<ValueError> for FinishError {
-    fn from(reason: ValueError) -> Self {
+impl From<ValueReason> for FinishError {
+    fn from(reason: ValueReason) -> Self {
         Self::Value(reason)
     }
 }
@@ -458,7 +571,7 @@ impl ColumnDecoder {
         }
     }
 
-    fn append(&mut self, value: Option<&[u8]>) -> Result<(), ValueError> {
+    fn append(&mut self, value: Option<&[u8]>) -> Result<(), ValueReason> {
         let Some(value) = value else {
             self.append_null();
             return Ok(());
@@ -712,8 +825,8 @@ fn value_bytes(array: &ArrayRef) -> Option<usize> {
 }
 
 /// Appends the elements of a one-dimensional array in binary form; returns how many.
-fn append_array(values: &mut ColumnDecoder, mut array: &[u8]) -> Result<usize, ValueError> {
-    const MALFORMED: ValueError = "a malformed array";
+fn append_array(values: &mut ColumnDecoder, mut array: &[u8]) -> Result<usize, ValueReason> {
+    const MALFORMED: ValueReason = "a malformed array";
     let header = array.get(..12).ok_or(MALFORMED)?;
     let dimensions = be_i32(&header[..4]);
     array = &array[12..];
@@ -763,8 +876,8 @@ fn be_u32(bytes: &[u8]) -> u32 {
 ///
 /// The form: digit count, weight (of the first base-10000 digit), sign, display scale, then
 /// the base-10000 digits.
-fn numeric_to_i128(value: &[u8], precision: u8, scale: i8) -> Result<i128, ValueError> {
-    const MALFORMED: ValueError = "a malformed numeric";
+fn numeric_to_i128(value: &[u8], precision: u8, scale: i8) -> Result<i128, ValueReason> {
+    const MALFORMED: ValueReason = "a malformed numeric";
     let header = value.get(..8).ok_or(MALFORMED)?;
     let digit_count = usize::from(u16::from_be_bytes([header[0], header[1]]));
     let weight = i32::from(i16::from_be_bytes([header[2], header[3]]));
@@ -780,7 +893,7 @@ fn numeric_to_i128(value: &[u8], precision: u8, scale: i8) -> Result<i128, Value
         0xD000 | 0xF000 => return Err("an infinite numeric has no Decimal128 form"),
         _ => return Err(MALFORMED),
     };
-    const OUT_OF_RANGE: ValueError = "a numeric beyond the column's declared precision and scale";
+    const OUT_OF_RANGE: ValueReason = "a numeric beyond the column's declared precision and scale";
     let Some((head, last)) = digits.split_last_chunk::<2>() else {
         return Ok(0);
     };

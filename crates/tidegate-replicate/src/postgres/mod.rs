@@ -23,7 +23,6 @@ mod encode;
 mod sink;
 mod types;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -36,11 +35,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::{Mutex, mpsc};
 
-pub use self::decode::BinaryCopyDecoder;
+pub use self::decode::{BinaryCopyDecoder, BinaryValueDecoder, ValueError};
 pub use self::encode::{BinaryCopyEncoder, postgres_type};
 pub use self::sink::{PostgresSink, PostgresSinkConfig};
-pub use self::types::PgType;
-use self::types::{CatalogType, ColumnRead, column_read, referenced_types};
+use self::types::{ColumnRead, column_read};
+pub use self::types::{PgType, TypeCatalog};
 use crate::error::{Error, Result};
 use crate::plan_cache::{Plan, PlanCache};
 use crate::source::{Partition, Source};
@@ -466,7 +465,7 @@ struct CatalogColumn {
 /// The columns of every readable user table, and the catalog entries of their types.
 async fn catalog_rows(
     connection: &mut PgConnection,
-) -> sqlx::Result<(Vec<CatalogColumn>, HashMap<u32, CatalogType>)> {
+) -> sqlx::Result<(Vec<CatalogColumn>, TypeCatalog)> {
     let sql = "SELECT n.nspname::text, c.relname::text, c.relkind::text, a.attname::text, \
                       a.atttypid::int8, a.atttypmod \
                FROM pg_class c \
@@ -491,40 +490,10 @@ async fn catalog_rows(
     }
 
     // Types reachable from the columns through domains and array elements.
-    let mut catalog: HashMap<u32, CatalogType> = HashMap::new();
-    let mut wanted: Vec<i64> = columns.iter().map(|c| i64::from(c.type_oid)).collect();
-    for _ in 0..8 {
-        wanted.sort_unstable();
-        wanted.dedup();
-        wanted.retain(|oid| !catalog.contains_key(&(*oid as u32)));
-        if wanted.is_empty() {
-            break;
-        }
-        let rows = sqlx::query(
-            "SELECT t.oid::int8, t.typname::text, t.typtype::text, t.typbasetype::int8, \
-                    t.typtypmod, t.typelem::int8, t.typcategory::text \
-             FROM pg_type t WHERE t.oid::int8 = ANY($1)",
-        )
-        .bind(&wanted)
-        .fetch_all(&mut *connection)
+    let mut catalog = TypeCatalog::new();
+    catalog
+        .load(&mut *connection, columns.iter().map(|c| c.type_oid))
         .await?;
-        let mut next = Vec::new();
-        for row in rows {
-            let oid = u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0);
-            let first = |text: String| text.chars().next().unwrap_or(' ');
-            let entry = CatalogType {
-                name: row.try_get(1)?,
-                kind: first(row.try_get(2)?),
-                base: u32::try_from(row.try_get::<i64, _>(3)?).unwrap_or(0),
-                base_typmod: row.try_get(4)?,
-                element: u32::try_from(row.try_get::<i64, _>(5)?).unwrap_or(0),
-                category: first(row.try_get(6)?),
-            };
-            catalog.insert(oid, entry);
-            next.extend(referenced_types(oid, &catalog).into_iter().map(i64::from));
-        }
-        wanted = next;
-    }
     Ok((columns, catalog))
 }
 

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
 
 /// Field metadata key of Arrow canonical extension types.
 pub(crate) const EXTENSION_NAME: &str = "ARROW:extension:name";
@@ -118,18 +120,98 @@ pub(crate) fn interval_fields() -> Fields {
 
 /// One row of `pg_type`, as much as the mapping needs.
 #[derive(Debug, Clone)]
-pub(crate) struct CatalogType {
-    pub(crate) name: String,
+struct CatalogType {
+    name: String,
     /// `b` base, `c` composite, `d` domain, `e` enum, `p` pseudo, `r` range, `m` multirange.
-    pub(crate) kind: char,
+    kind: char,
     /// For a domain, its base type.
-    pub(crate) base: u32,
+    base: u32,
     /// For a domain, the base type's modifier.
-    pub(crate) base_typmod: i32,
+    base_typmod: i32,
     /// For an array type, its element type.
-    pub(crate) element: u32,
+    element: u32,
     /// `A` for array types.
-    pub(crate) category: char,
+    category: char,
+}
+
+/// The catalog entries (`pg_type`) of the types columns refer to, as far as the type mapping
+/// needs them: domains, enums, arrays and extension types such as `citext`.
+///
+/// Built-in scalar types need no entry. Fill it with [`load`](Self::load) for the type oids of
+/// the columns to be read, then ask [`native_type`](Self::native_type) how each decodes.
+#[derive(Debug, Clone, Default)]
+pub struct TypeCatalog {
+    entries: HashMap<u32, CatalogType>,
+}
+
+impl TypeCatalog {
+    /// An empty catalog: only built-in scalar types resolve.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the entry of `type_oid` has been loaded.
+    pub fn contains(&self, type_oid: u32) -> bool {
+        self.entries.contains_key(&type_oid)
+    }
+
+    /// Whether a column of `type_oid` can be resolved without loading anything: a built-in
+    /// scalar type, or a type whose entry is loaded.
+    pub fn is_resolvable(&self, type_oid: u32) -> bool {
+        builtin(type_oid, -1).is_some() || type_oid == oid::NUMERIC || self.contains(type_oid)
+    }
+
+    /// Loads the entries of `type_oids` and of every type they reach through domains and array
+    /// elements, skipping those already loaded.
+    pub async fn load(
+        &mut self,
+        connection: &mut PgConnection,
+        type_oids: impl IntoIterator<Item = u32>,
+    ) -> sqlx::Result<()> {
+        let mut wanted: Vec<i64> = type_oids.into_iter().map(i64::from).collect();
+        // Domains over arrays over domains…: a few levels, never a loop.
+        for _ in 0..8 {
+            wanted.sort_unstable();
+            wanted.dedup();
+            wanted.retain(|oid| u32::try_from(*oid).is_ok_and(|oid| !self.contains(oid)));
+            if wanted.is_empty() {
+                break;
+            }
+            let rows = sqlx::query(
+                "SELECT t.oid::int8, t.typname::text, t.typtype::text, t.typbasetype::int8, \
+                        t.typtypmod, t.typelem::int8, t.typcategory::text \
+                 FROM pg_type t WHERE t.oid::int8 = ANY($1)",
+            )
+            .bind(&wanted)
+            .fetch_all(&mut *connection)
+            .await?;
+            let mut next = Vec::new();
+            for row in rows {
+                let oid = u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0);
+                let first = |text: String| text.chars().next().unwrap_or(' ');
+                let entry = CatalogType {
+                    name: row.try_get(1)?,
+                    kind: first(row.try_get(2)?),
+                    base: u32::try_from(row.try_get::<i64, _>(3)?).unwrap_or(0),
+                    base_typmod: row.try_get(4)?,
+                    element: u32::try_from(row.try_get::<i64, _>(5)?).unwrap_or(0),
+                    category: first(row.try_get(6)?),
+                };
+                self.entries.insert(oid, entry);
+                next.extend(referenced_types(oid, self).into_iter().map(i64::from));
+            }
+            wanted = next;
+        }
+        Ok(())
+    }
+
+    /// How a column of type `type_oid` with modifier `typmod` is decoded from its binary form:
+    /// `Some` with the native type, or `None` when the full-load source reads it through the
+    /// `text` fallback (no exact Arrow type, or an entry that was not loaded).
+    pub fn native_type(&self, type_oid: u32, typmod: i32) -> Option<PgType> {
+        let read = column_read(type_oid, typmod, self);
+        read.cast.is_none().then_some(read.pg_type)
+    }
 }
 
 /// How a column is read.
@@ -188,24 +270,15 @@ mod oid {
 ///
 /// `catalog` must hold every type reachable from `type_oid` through domains and array
 /// elements (see [`referenced_types`]); a type missing from it is read as text.
-pub(crate) fn column_read(
-    type_oid: u32,
-    typmod: i32,
-    catalog: &HashMap<u32, CatalogType>,
-) -> ColumnRead {
+pub(crate) fn column_read(type_oid: u32, typmod: i32, catalog: &TypeCatalog) -> ColumnRead {
     resolve(type_oid, typmod, catalog, 0)
 }
 
-fn resolve(
-    type_oid: u32,
-    typmod: i32,
-    catalog: &HashMap<u32, CatalogType>,
-    depth: u8,
-) -> ColumnRead {
+fn resolve(type_oid: u32, typmod: i32, catalog: &TypeCatalog, depth: u8) -> ColumnRead {
     if let Some(pg_type) = builtin(type_oid, typmod) {
         return ColumnRead::direct(pg_type);
     }
-    let Some(entry) = catalog.get(&type_oid) else {
+    let Some(entry) = catalog.entries.get(&type_oid) else {
         return ColumnRead::as_text();
     };
     if depth > 8 {
@@ -294,8 +367,8 @@ fn numeric_typmod(typmod: i32) -> Option<(u8, i8)> {
 }
 
 /// Type oids that [`column_read`] may look up in the catalog for `type_oid`.
-pub(crate) fn referenced_types(type_oid: u32, catalog: &HashMap<u32, CatalogType>) -> Vec<u32> {
-    match catalog.get(&type_oid) {
+fn referenced_types(type_oid: u32, catalog: &TypeCatalog) -> Vec<u32> {
+    match catalog.entries.get(&type_oid) {
         Some(entry) if entry.kind == 'd' => vec![entry.base],
         Some(entry) if entry.category == 'A' && entry.element != 0 => vec![entry.element],
         _ => Vec::new(),
@@ -318,7 +391,7 @@ mod tests {
 
     #[test]
     fn unknown_types_fall_back_to_text() {
-        let catalog = HashMap::new();
+        let catalog = TypeCatalog::new();
         assert_eq!(
             column_read(869 /* inet */, -1, &catalog),
             ColumnRead::as_text()
@@ -332,41 +405,43 @@ mod tests {
 
     #[test]
     fn domains_and_arrays_resolve_to_their_base() {
-        let catalog = HashMap::from([
-            (
-                90_000,
-                CatalogType {
-                    name: "positive_int".into(),
-                    kind: 'd',
-                    base: oid::INT4,
-                    base_typmod: -1,
-                    element: 0,
-                    category: 'N',
-                },
-            ),
-            (
-                1007,
-                CatalogType {
-                    name: "_int4".into(),
-                    kind: 'b',
-                    base: 0,
-                    base_typmod: -1,
-                    element: oid::INT4,
-                    category: 'A',
-                },
-            ),
-            (
-                1041,
-                CatalogType {
-                    name: "_inet".into(),
-                    kind: 'b',
-                    base: 0,
-                    base_typmod: -1,
-                    element: 869,
-                    category: 'A',
-                },
-            ),
-        ]);
+        let catalog = TypeCatalog {
+            entries: HashMap::from([
+                (
+                    90_000,
+                    CatalogType {
+                        name: "positive_int".into(),
+                        kind: 'd',
+                        base: oid::INT4,
+                        base_typmod: -1,
+                        element: 0,
+                        category: 'N',
+                    },
+                ),
+                (
+                    1007,
+                    CatalogType {
+                        name: "_int4".into(),
+                        kind: 'b',
+                        base: 0,
+                        base_typmod: -1,
+                        element: oid::INT4,
+                        category: 'A',
+                    },
+                ),
+                (
+                    1041,
+                    CatalogType {
+                        name: "_inet".into(),
+                        kind: 'b',
+                        base: 0,
+                        base_typmod: -1,
+                        element: 869,
+                        category: 'A',
+                    },
+                ),
+            ]),
+        };
         assert_eq!(column_read(90_000, -1, &catalog).pg_type, PgType::Int4);
         assert_eq!(
             column_read(1007, -1, &catalog).pg_type,
