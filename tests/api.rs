@@ -492,3 +492,119 @@ async fn the_ai_assist_is_off_until_turned_on_and_sends_metadata_only() {
     assert_eq!(keys, ["columns", "name", "row_count", "schema"]);
     gateway.shutdown().await;
 }
+
+/// Reads every Parquet part under `dir`, with the key if given; the total rows.
+fn parquet_rows(dir: &std::path::Path, key: Option<&[u8]>) -> parquet::errors::Result<usize> {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::encryption::decrypt::FileDecryptionProperties;
+    let mut rows = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let mut options = ArrowReaderOptions::new();
+                if let Some(key) = key {
+                    options = options.with_file_decryption_properties(
+                        FileDecryptionProperties::builder(key.to_vec()).build()?,
+                    );
+                }
+                let file = std::fs::File::open(&path).unwrap();
+                let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?
+                    .build()?;
+                for batch in reader {
+                    rows += batch?.num_rows();
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_storage_is_written_under_the_tenant_key() {
+    let h = Harness::start().await;
+    let (id, config, identity) = h.enrolled("a").await;
+    let source = h.dir.path().join("shop.sqlite");
+    tidegate::replicate::sample::generate_sqlite(
+        &source,
+        tidegate::replicate::sample::SampleSize::rows(3_000),
+    )
+    .await
+    .unwrap();
+    let out = h.dir.path().join("managed");
+    let (_, target, task) = h
+        .create_task(
+            &id,
+            json!({"name": "shop", "kind": "sqlite", "settings": {"path": source.display().to_string()}}),
+            json!({"name": "managed", "kind": "local",
+                   "settings": {"root": out.display().to_string(), "encryption": "tenant"}}),
+        )
+        .await;
+    // The key is nowhere in the API: not a setting, not a secret name.
+    assert_eq!(target["secret_names"], json!([]));
+    assert!(
+        target["settings"].get("parquet_key_id").is_none(),
+        "{target}"
+    );
+    let gateway = Gateway::start(config, identity).unwrap();
+    gateway
+        .state()
+        .wait_for(|s| *s == LinkState::Online)
+        .await
+        .unwrap();
+    common::wait_for(async || h.gateway(&id).await.online).await;
+    let run = h
+        .api
+        .post(
+            &format!("/api/v1/tasks/{}/runs", task["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let finished = h.wait_run_end(run["id"].as_str().unwrap()).await;
+    assert_eq!(finished["state"], json!("Completed"), "{finished}");
+    gateway.shutdown().await;
+
+    // Without the tenant's key the files do not read; with it, every row is there.
+    assert!(
+        parquet_rows(&out, None).is_err(),
+        "encrypted files read without a key"
+    );
+    let key = h.cp.tenant_parquet_key().await.unwrap();
+    assert!(key.key_id.contains(h.cp.tenant_id()), "{}", key.key_id);
+    assert_eq!(
+        format!("{key:?}"),
+        format!("ParquetKey {{ key_id: {:?}, .. }}", key.key_id),
+        "Debug shows the id only"
+    );
+    let wrong = [7u8; 32];
+    assert!(
+        parquet_rows(&out, Some(&wrong)).is_err(),
+        "read with another key"
+    );
+    let expected: u64 = finished["tables"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| t["rows"].as_u64().unwrap())
+        .sum();
+    assert!(expected > 0);
+    assert_eq!(parquet_rows(&out, Some(&key.key)).unwrap() as u64, expected);
+    // The key stays the same from one call (and run) to the next.
+    assert_eq!(*h.cp.tenant_parquet_key().await.unwrap().key, *key.key);
+
+    // Bad values of the setting are refused up front.
+    let refused = h
+        .api
+        .post(
+            "/api/v1/connections",
+            json!({"name": "x", "kind": "local", "settings": {"root": "/tmp/x", "encryption": "rot13"}}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("encryption"), "{refused}");
+}

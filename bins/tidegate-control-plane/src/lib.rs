@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod api;
+mod parquet_key;
 mod sessions;
 mod setup;
 mod tls;
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use api::openapi;
+pub use parquet_key::ParquetKey;
 pub use tidegate_identity::oidc::OidcConfig;
 pub use tls::ServerTls;
 
@@ -77,6 +79,9 @@ pub enum Error {
     /// The authorization engine failed to start.
     #[error("authorization: {0}")]
     Rbac(#[from] tidegate_rbac::Error),
+    /// The tenant's Parquet key could not be made, stored or opened.
+    #[error("the tenant's Parquet key: {0}")]
+    ParquetKey(String),
 }
 
 /// How to run a control plane.
@@ -253,6 +258,15 @@ pub struct RunningControlPlane {
 }
 
 impl RunningControlPlane {
+    /// The tenant's Parquet key (made on first use), for whoever reads the managed storage it
+    /// protects on the operator's side. It is not served by the API.
+    pub async fn tenant_parquet_key(&self) -> Result<ParquetKey, Error> {
+        self.shared
+            .tenant_parquet_key()
+            .await
+            .map_err(|e| Error::ParquetKey(e.message().to_owned()))
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

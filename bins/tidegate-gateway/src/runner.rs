@@ -121,7 +121,7 @@ pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, Er
             Ok(Arc::new(ParquetSink::new(
                 target.store,
                 target.prefix,
-                ParquetSinkConfig::default(),
+                parquet_config(spec)?,
             )))
         }
         "postgres" => {
@@ -160,7 +160,7 @@ pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, Er
             Ok(Arc::new(ParquetSink::new(
                 Arc::new(store),
                 prefix,
-                ParquetSinkConfig::default(),
+                parquet_config(spec)?,
             )))
         }
         other => Err(report(
@@ -171,6 +171,34 @@ pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, Er
             ),
             false,
         )),
+    }
+}
+
+/// The Parquet settings of an object-storage target: with `encryption = tenant`, modular
+/// encryption under the tenant's key, which the control plane hands over in the run's command
+/// (secret `parquet_key`, base64; setting `parquet_key_id`) and which lives in memory only.
+fn parquet_config(spec: &ConnectionSpec) -> Result<ParquetSinkConfig, ErrorReport> {
+    use base64::Engine;
+    match spec.settings.get("encryption").map(String::as_str) {
+        None | Some("") => Ok(ParquetSinkConfig::default()),
+        Some("tenant") => {
+            let key = spec.secrets.get("parquet_key").ok_or_else(|| {
+                invalid(
+                    spec,
+                    "encryption = tenant, but the control plane sent no tenant key",
+                )
+            })?;
+            let key = zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(key.expose())
+                    .map_err(|_| invalid(spec, "the tenant key is not base64"))?,
+            );
+            let key_id = setting(spec, "parquet_key_id")?;
+            ParquetSinkConfig::default()
+                .with_modular_encryption(&key, key_id)
+                .map_err(|e| invalid(spec, &e.to_string()))
+        }
+        Some(_) => Err(invalid(spec, "the setting \"encryption\" must be tenant")),
     }
 }
 

@@ -589,6 +589,30 @@ impl MetadataStore for SqlStore {
         row.map(|row| get_json(&row, "value")).transpose()
     }
 
+    async fn init_tenant_setting(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        crate::validate_name("setting name", name)?;
+        let sql = concat!(
+            "INSERT INTO tenant_settings (tenant_id, name, value, updated_at_ms) ",
+            "SELECT id, $2, $3, $4 FROM tenants WHERE id = $1 ",
+            "ON CONFLICT (tenant_id, name) DO NOTHING"
+        );
+        let query = sqlx::query(sql)
+            .bind(tenant_id.to_owned())
+            .bind(name.to_owned())
+            .bind(value.to_string())
+            .bind(now_ms());
+        self.affected("initializing a tenant setting", query)
+            .await?;
+        self.tenant_setting(tenant_id, name)
+            .await?
+            .ok_or_else(|| not_found("tenant", tenant_id))
+    }
+
     async fn set_tenant_setting(
         &self,
         tenant_id: &str,

@@ -63,6 +63,14 @@ pub trait MetadataStore: Send + Sync {
         tenant_id: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send;
+    /// The setting of the tenant, set to `value` first if it was never set: of several callers
+    /// racing (control planes sharing a database), all get the value the first one stored.
+    fn init_tenant_setting(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value, Error>> + Send;
     /// Sets a setting of the tenant, replacing its value.
     fn set_tenant_setting(
         &self,

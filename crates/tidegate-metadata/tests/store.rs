@@ -551,6 +551,22 @@ async fn tenant_settings(db: &TestDb) -> Result<()> {
     store.set_tenant_setting(&acme.id, "assist", &off).await?;
     ensure!(store.tenant_setting(&acme.id, "assist").await? == Some(off));
     ensure!(store.tenant_setting(&other.id, "assist").await?.is_none());
+    // Initializing keeps the first value, whoever comes second.
+    let first = serde_json::json!({"key_id": "k1"});
+    let got = store
+        .init_tenant_setting(&acme.id, "parquet_key", &first)
+        .await?;
+    ensure!(got == first);
+    let second = serde_json::json!({"key_id": "k2"});
+    let got = store
+        .init_tenant_setting(&acme.id, "parquet_key", &second)
+        .await?;
+    ensure!(got == first, "{got}");
+    let missing = store.init_tenant_setting("tnt_nope", "x", &first).await;
+    ensure!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "{missing:?}"
+    );
     // An unknown tenant and a bad name are refused.
     let missing = store
         .set_tenant_setting("tnt_nope", "assist", &serde_json::json!(1))

@@ -106,6 +106,14 @@ fn check_settings(kind: &str, settings: &BTreeMap<String, String>) -> Result<(),
             "setting {key:?}: names starting with {RESERVED_PREFIX:?} are reserved"
         )));
     }
+    if let Some(encryption) = settings.get("encryption")
+        && (encryption != "tenant" || !matches!(kind, "s3" | "local"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "setting \"encryption\": {encryption:?} is not known; \"tenant\" (Parquet modular \
+             encryption under the tenant's key) applies to s3 and local targets"
+        )));
+    }
     if let Some(problem) = settings
         .get("prefix")
         .and_then(|p| tidegate_proto::storage_prefix_problem(p))

@@ -220,6 +220,10 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// What went wrong, for people.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }

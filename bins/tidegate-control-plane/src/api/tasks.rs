@@ -658,12 +658,14 @@ impl Shared {
                 )));
             }
         };
+        let mut target = self.spec(self.connection(&task.target_connection_id).await?)?;
+        self.attach_parquet_key(&mut target).await?;
         Ok(Command::StartTask(TaskSpec {
             task_id: task.id.clone(),
             run_id: run_id.to_owned(),
             kind,
             source: self.spec(self.connection(&task.source_connection_id).await?)?,
-            target: self.spec(self.connection(&task.target_connection_id).await?)?,
+            target,
             tables: task.tables.clone(),
             completed_tables,
         }))
