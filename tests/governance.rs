@@ -307,13 +307,12 @@ struct Subject<'a> {
     space_role: Option<SpaceRole>,
 }
 
-/// Makes the one request of the API that asks for `action`, as `who`. `None` for the actions
-/// no endpoint asks for yet (data products).
-async fn probe(who: &Subject<'_>, f: &Fixture, action: Action, n: usize) -> Option<u16> {
+/// Makes the one request of the API that asks for `action`, as `who`; its HTTP status.
+async fn probe(who: &Subject<'_>, f: &Fixture, action: Action, n: usize) -> u16 {
     let c = who.client;
     let s = &f.space;
     let name = format!("probe {n}");
-    Some(match action {
+    match action {
         Action::SpaceRead => status(c.get(&format!("/api/v1/spaces/{s}"))).await,
         Action::SpaceUpdate => {
             let body = json!({"description": name});
@@ -401,8 +400,12 @@ async fn probe(who: &Subject<'_>, f: &Fixture, action: Action, n: usize) -> Opti
             status(c.post(&path, &json!({"gateway_id": f.gateway}))).await
         }
         Action::AssistConfigure => status(c.get("/api/v1/settings/assist")).await,
-        Action::DataProductCreate => return None,
-    })
+        Action::DataProductCreate => {
+            // An empty bundle: refused (400) once authorization let the request through.
+            let body = json!({"name": name, "task_ids": []});
+            status(c.post("/api/v1/data-products", &body)).await
+        }
+    }
 }
 
 /// Whether `docs/rbac.md` (generated from `tidegate_rbac`'s matrix) lets a subject holding
@@ -483,7 +486,6 @@ async fn the_api_enforces_the_role_matrix() {
     subjects.push((None, None));
     let mut n = 0;
     let mut failures = Vec::new();
-    let mut unprobed = Vec::new();
     for (space_role, system_role) in subjects {
         let name = format!(
             "member-{}-{}",
@@ -514,10 +516,7 @@ async fn the_api_enforces_the_role_matrix() {
         for action in Action::ALL {
             n += 1;
             let allowed = expected(space_role, system_role, *action);
-            let Some(got) = probe(&who, &fixture, *action, n).await else {
-                unprobed.push(*action);
-                continue;
-            };
+            let got = probe(&who, &fixture, *action, n).await;
             // Allowed requests may still fail for their own reasons (the gateway is offline):
             // anything but 401 and 403 means authorization let them through.
             let ok = if allowed {
@@ -533,13 +532,6 @@ async fn the_api_enforces_the_role_matrix() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    unprobed.sort_by_key(|a| a.as_str());
-    unprobed.dedup();
-    assert_eq!(
-        unprobed,
-        [Action::DataProductCreate],
-        "only the actions without an endpoint go unprobed"
-    );
 
     // Integration actions also need Data Services Contributor: an editor without it reads no
     // task in full, though it still lists them.
@@ -551,24 +543,15 @@ async fn the_api_enforces_the_role_matrix() {
         id: &id,
         space_role: Some(SpaceRole::CanEdit),
     };
-    assert_eq!(
-        probe(&editor, &fixture, Action::TaskRead, 0).await,
-        Some(403)
-    );
-    assert_eq!(
-        probe(&editor, &fixture, Action::TaskList, 0).await,
-        Some(200)
-    );
+    assert_eq!(probe(&editor, &fixture, Action::TaskRead, 0).await, 403);
+    assert_eq!(probe(&editor, &fixture, Action::TaskList, 0).await, 200);
     // A member of one space holds nothing in another.
     let other = new_space(&admin, "elsewhere").await;
     let elsewhere = Fixture {
         space: other,
         ..fixture
     };
-    assert_eq!(
-        probe(&editor, &elsewhere, Action::SpaceRead, 0).await,
-        Some(403)
-    );
+    assert_eq!(probe(&editor, &elsewhere, Action::SpaceRead, 0).await, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1333,4 +1316,86 @@ async fn the_served_openapi_document_matches_the_routes() {
     // And a route that is not documented is not served.
     let error = c.get("/api/v1/nothing-here").await.unwrap_err();
     assert_eq!(error.status(), Some(404));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_products_bundle_only_what_their_maker_may_consume() {
+    let h = Harness::start().await;
+    let admin = h.login(ADMIN, ADMIN_PASSWORD).await;
+    let operator = h.operator();
+    let space = new_space(&admin, "sales").await;
+    let connection = operator
+        .post(
+            "/api/v1/connections",
+            &json!({"space_id": space, "name": "db", "kind": "sqlite",
+                    "settings": {"path": "/tmp/db.sqlite"}}),
+        )
+        .await
+        .unwrap();
+    let gateway = operator
+        .post(
+            "/api/v1/gateways",
+            &json!({"space_id": space, "name": "gw"}),
+        )
+        .await
+        .unwrap();
+    let task = operator
+        .post(
+            "/api/v1/tasks",
+            &json!({"space_id": space, "name": "orders", "gateway_id": gateway["id"],
+                    "source_id": connection["id"], "target_id": connection["id"]}),
+        )
+        .await
+        .unwrap();
+    let pm = user(&admin, "pm").await;
+    admin
+        .put(
+            &format!("/api/v1/users/{pm}/system-roles/data_product_manager"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    let pm_session = h.login("pm", PASSWORD).await;
+    let body = json!({"name": "Orders", "description": "Every order, daily",
+                      "task_ids": [task["id"]]});
+
+    // Without the right to consume the task's data, no product of it.
+    let error = pm_session
+        .post("/api/v1/data-products", &body)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(403), "{error}");
+    assert!(error.to_string().contains("data_consume"), "{error}");
+    grant(&admin, &space, &pm, "can_consume").await;
+    let product = pm_session
+        .post("/api/v1/data-products", &body)
+        .await
+        .unwrap();
+    assert_eq!(product["task_ids"], json!([task["id"]]));
+    assert_eq!(product["created_by"], json!(pm));
+    // Names are unique; unknown tasks are not bundled.
+    let error = pm_session
+        .post("/api/v1/data-products", &body)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(409), "{error}");
+    let error = pm_session
+        .post(
+            "/api/v1/data-products",
+            &json!({"name": "Ghost", "task_ids": ["task_nope"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(404), "{error}");
+    // Anyone signed in sees the catalog; nobody anonymous does.
+    user(&admin, "reader").await;
+    let listed = h
+        .login("reader", PASSWORD)
+        .await
+        .get("/api/v1/data-products")
+        .await
+        .unwrap();
+    assert_eq!(listed["items"], json!([product]));
+    let error = h.client().get("/api/v1/data-products").await.unwrap_err();
+    assert_eq!(error.status(), Some(401), "{error}");
 }

@@ -53,11 +53,11 @@ pub use memory::MemoryStore;
 pub use model::{Connection, ConnectionView, DataTask, Gateway, GatewayState, TableRun, TaskRun};
 pub use page::{Cursor, MAX_PAGE_LIMIT, Page, PageRequest};
 pub use records::{
-    AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, DataKey, DataSpace, DataTaskRecord,
-    GatewayRecord, LoginSession, NewAuditEvent, NewConnection, NewDataKey, NewDataSpace,
-    NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity,
-    PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment,
-    TaskRunRecord, TaskType, Tenant, TokenDigest, User,
+    AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, DataKey, DataProduct, DataSpace,
+    DataTaskRecord, GatewayRecord, LoginSession, NewAuditEvent, NewConnection, NewDataKey,
+    NewDataProduct, NewDataSpace, NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot,
+    NewUser, OidcIdentity, PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment,
+    SystemRoleAssignment, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
 };
 pub use sql::{Backend, SCHEMA_VERSION, SqlStore, StoreOptions};
 pub use store::MetadataStore;

@@ -27,6 +27,41 @@ pub struct Tenant {
     pub created_at_ms: i64,
 }
 
+/// A data product to create.
+#[derive(Clone, Debug)]
+pub struct NewDataProduct {
+    /// The tenant it belongs to.
+    pub tenant_id: String,
+    /// Its name, unique in the tenant.
+    pub name: String,
+    /// What it offers, for its consumers.
+    pub description: String,
+    /// The data tasks whose outputs it bundles (1 to 100).
+    pub task_ids: Vec<String>,
+    /// Who created it (a user id or an operator subject).
+    pub created_by: String,
+}
+
+/// A data product: a named, described bundle of data tasks' outputs, offered to consumers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DataProduct {
+    /// Its id.
+    pub id: String,
+    /// The tenant it belongs to.
+    pub tenant_id: String,
+    /// Its name, unique in the tenant.
+    pub name: String,
+    /// What it offers.
+    pub description: String,
+    /// The data tasks whose outputs it bundles.
+    pub task_ids: Vec<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was created.
+    pub created_at_ms: i64,
+}
+
 /// A data space to create.
 #[derive(Clone, Debug)]
 pub struct NewDataSpace {

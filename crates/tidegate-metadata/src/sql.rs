@@ -18,16 +18,16 @@ use tidegate_proto::{MetricsReport, TableSelection, TaskState};
 
 use crate::validate::{check_bytes, check_len, check_name, check_text};
 use crate::{
-    AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, Cursor, DataKey, DataSpace,
-    DataTaskRecord, Error, GatewayRecord, GatewayState, LoginSession, MetadataStore, NewAuditEvent,
-    NewConnection, NewDataKey, NewDataSpace, NewDataTask, NewGateway, NewLoginSession,
-    NewSchemaSnapshot, NewUser, OidcIdentity, Page, PageRequest, PasswordHash, SchemaSnapshot,
-    SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment, TableRun, TaskRunRecord,
-    TaskType, Tenant, TokenDigest, User,
+    AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, Cursor, DataKey, DataProduct,
+    DataSpace, DataTaskRecord, Error, GatewayRecord, GatewayState, LoginSession, MetadataStore,
+    NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace, NewDataTask,
+    NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page, PageRequest,
+    PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment,
+    TableRun, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
 };
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The migrations: version, description, SQLite script, PostgreSQL script.
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
@@ -42,6 +42,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "tenant settings",
         include_str!("../migrations/sqlite/0002_tenant_settings.sql"),
         include_str!("../migrations/postgres/0002_tenant_settings.sql"),
+    ),
+    (
+        3,
+        "data products",
+        include_str!("../migrations/sqlite/0003_data_products.sql"),
+        include_str!("../migrations/postgres/0003_data_products.sql"),
     ),
 ];
 
@@ -433,6 +439,11 @@ macro_rules! tenant_cols {
         "id, name, created_at_ms"
     };
 }
+macro_rules! product_cols {
+    () => {
+        "id, tenant_id, name, description, task_ids, created_by, created_at_ms"
+    };
+}
 macro_rules! space_cols {
     () => {
         "id, tenant_id, name, description, created_at_ms, updated_at_ms, version"
@@ -680,6 +691,52 @@ impl MetadataStore for SqlStore {
         let query = sqlx::query(sql).bind(tenant_id.to_owned());
         self.page("listing data spaces", query, page, space_row, |s| {
             (s.created_at_ms, &s.id)
+        })
+        .await
+    }
+
+    async fn create_data_product(&self, new: &NewDataProduct) -> Result<DataProduct, Error> {
+        check_name("name", &new.name)?;
+        check_len("description", &new.description, 4000)?;
+        if new.task_ids.is_empty() || new.task_ids.len() > 100 {
+            return Err(Error::Invalid {
+                field: "task_ids",
+                reason: "a data product bundles 1 to 100 data tasks".into(),
+            });
+        }
+        let sql = concat!(
+            "INSERT INTO data_products (id, tenant_id, name, description, task_ids, created_by, ",
+            "created_at_ms) SELECT $1, id, $3, $4, $5, $6, $7 FROM tenants WHERE id = $2 ",
+            "RETURNING ",
+            product_cols!()
+        );
+        let query = sqlx::query(sql)
+            .bind(new_id("dp"))
+            .bind(new.tenant_id.clone())
+            .bind(new.name.clone())
+            .bind(new.description.clone())
+            .bind(to_json("task_ids", &new.task_ids)?)
+            .bind(new.created_by.clone())
+            .bind(now_ms());
+        self.one("creating a data product", query, product_row)
+            .await?
+            .ok_or_else(|| not_found("tenant", &new.tenant_id))
+    }
+
+    async fn data_products(
+        &self,
+        tenant_id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<DataProduct>, Error> {
+        let sql = concat!(
+            "SELECT ",
+            product_cols!(),
+            " FROM data_products WHERE tenant_id = $1",
+            keyset!("created_at_ms", 2, 3, 4)
+        );
+        let query = sqlx::query(sql).bind(tenant_id.to_owned());
+        self.page("listing data products", query, page, product_row, |p| {
+            (p.created_at_ms, &p.id)
         })
         .await
     }
@@ -1882,6 +1939,18 @@ fn tenant_row(row: &AnyRow) -> Result<Tenant, Error> {
     })
 }
 
+fn product_row(row: &AnyRow) -> Result<DataProduct, Error> {
+    Ok(DataProduct {
+        id: get(row, "id")?,
+        tenant_id: get(row, "tenant_id")?,
+        name: get(row, "name")?,
+        description: get(row, "description")?,
+        task_ids: get_json(row, "task_ids")?,
+        created_by: get(row, "created_by")?,
+        created_at_ms: get(row, "created_at_ms")?,
+    })
+}
+
 fn space_row(row: &AnyRow) -> Result<DataSpace, Error> {
     Ok(DataSpace {
         id: get(row, "id")?,
@@ -2194,6 +2263,11 @@ fn check_task(name: &str, tables: &TableSelection, schedule: Option<&str>) -> Re
 
 /// Unique constraints: the PostgreSQL name, SQLite's column list, and what the conflict says.
 const UNIQUE: &[(&str, &str, &str)] = &[
+    (
+        "data_products_tenant_name_key",
+        "data_products.tenant_id, data_products.name",
+        "a data product with this name already exists in the tenant",
+    ),
     (
         "tenants_name_key",
         "tenants.name",

@@ -12,6 +12,7 @@ use crate::{
     PageRequest, SchemaSnapshot, SpaceRoleAssignment, SystemRoleAssignment, TableRun,
     TaskRunRecord, Tenant, TokenDigest, User,
 };
+use crate::{DataProduct, NewDataProduct};
 
 /// The durable metadata of the control plane.
 ///
@@ -57,6 +58,17 @@ pub trait MetadataStore: Send + Sync {
     ) -> impl Future<Output = Result<Page<Tenant>, Error>> + Send;
     /// Deletes a tenant that has no data spaces, users or data keys left.
     fn delete_tenant(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Creates a data product: a named bundle of data tasks' outputs.
+    fn create_data_product(
+        &self,
+        new: &NewDataProduct,
+    ) -> impl Future<Output = Result<DataProduct, Error>> + Send;
+    /// The tenant's data products, oldest first.
+    fn data_products(
+        &self,
+        tenant_id: &str,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<Page<DataProduct>, Error>> + Send;
     /// A setting of the tenant, if it was ever set.
     fn tenant_setting(
         &self,

@@ -8,10 +8,10 @@ use std::future::Future;
 use anyhow::{Result, ensure};
 use tidegate_metadata::{
     AuditFilter, AuditOutcome, Backend, Error, GatewayState, MAX_PAGE_LIMIT, MetadataStore,
-    NewAuditEvent, NewConnection, NewDataKey, NewDataSpace, NewDataTask, NewGateway,
-    NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, PageRequest, PasswordHash,
-    SCHEMA_VERSION, SealedCredentials, SqlStore, StoreOptions, TableRun, TableSelection,
-    TableState, TaskState, TaskType, TokenDigest, sqlx,
+    NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace, NewDataTask,
+    NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, PageRequest,
+    PasswordHash, SCHEMA_VERSION, SealedCredentials, SqlStore, StoreOptions, TableRun,
+    TableSelection, TableState, TaskState, TaskType, TokenDigest, sqlx,
 };
 use tidegate_testkit::PgServer;
 
@@ -579,6 +579,30 @@ async fn tenant_settings(db: &TestDb) -> Result<()> {
         .set_tenant_setting(&acme.id, "", &serde_json::json!(1))
         .await;
     ensure!(matches!(bad, Err(Error::Invalid { .. })), "{bad:?}");
+    // Data products: named, unique per tenant, 1 to 100 tasks.
+    let product = |name: &str, tasks: Vec<String>| NewDataProduct {
+        tenant_id: acme.id.clone(),
+        name: name.into(),
+        description: "Daily orders".into(),
+        task_ids: tasks,
+        created_by: "usr_1".into(),
+    };
+    let orders = store
+        .create_data_product(&product("orders", vec!["task_1".into()]))
+        .await?;
+    ensure!(orders.task_ids == ["task_1"] && orders.tenant_id == acme.id);
+    let taken = store
+        .create_data_product(&product("orders", vec!["task_2".into()]))
+        .await;
+    ensure!(matches!(taken, Err(Error::Conflict(_))), "{taken:?}");
+    let empty = store
+        .create_data_product(&product("none", Vec::new()))
+        .await;
+    ensure!(matches!(empty, Err(Error::Invalid { .. })), "{empty:?}");
+    let listed = store
+        .data_products(&acme.id, &PageRequest::default())
+        .await?;
+    ensure!(listed.items == [orders]);
     // The settings go with their tenant.
     store.delete_tenant(&other.id).await?;
     Ok(())

@@ -148,6 +148,12 @@ pub(crate) const AUDITED: &[(Method, &str, &str, &str)] = &[
         "connection.describe",
         "connection",
     ),
+    (
+        Method::POST,
+        "/api/v1/data-products",
+        "data_product.create",
+        "data_product",
+    ),
     (Method::POST, "/api/v1/tasks", "task.create", "data_task"),
     (
         Method::PATCH,

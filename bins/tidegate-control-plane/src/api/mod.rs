@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod connections;
 mod gateways;
+mod products;
 mod spaces;
 mod tasks;
 mod users;
@@ -97,6 +98,7 @@ fn documented_routes() -> (Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(connections::test))
         .routes(routes!(assist::describe))
+        .routes(routes!(products::create, products::list))
         .routes(routes!(assist::settings, assist::configure))
         .routes(routes!(tasks::create, tasks::list))
         .routes(routes!(tasks::show, tasks::update, tasks::delete))
