@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use common::{Harness, OPERATOR};
 use serde_json::{Value, json};
-use tidegate::gateway::{Gateway, LinkState};
 use tidegate::metadata::{MetadataStore, PageRequest};
 
 /// Sends a raw request and returns the status and the JSON body.
@@ -218,13 +217,7 @@ async fn run_failures_reach_the_operator_as_metadata() {
     let err = h.api.post(&runs, json!({})).await.unwrap_err().to_string();
     assert!(err.contains("409") && err.contains("offline"), "{err}");
 
-    let gateway = Gateway::start(config, identity).unwrap();
-    gateway
-        .state()
-        .wait_for(|s| *s == LinkState::Online)
-        .await
-        .unwrap();
-    common::wait_for(async || h.gateway(&id).await.online).await;
+    let gateway = h.online(&id, config, identity).await;
     let run = h.api.post(&runs, json!({})).await.unwrap();
     let last = h.wait_run_end(run["id"].as_str().unwrap()).await;
     assert_eq!(last["state"], json!("Failed"), "{last}");
@@ -256,13 +249,7 @@ async fn a_stopped_run_leaves_no_complete_looking_output() {
         )
         .await;
     let task_id = task["id"].as_str().unwrap();
-    let gateway = Gateway::start(config, identity).unwrap();
-    gateway
-        .state()
-        .wait_for(|s| *s == LinkState::Online)
-        .await
-        .unwrap();
-    common::wait_for(async || h.gateway(&id).await.online).await;
+    let gateway = h.online(&id, config, identity).await;
 
     // Stopping a task that is not running is refused with a reason.
     let err = h
@@ -405,13 +392,7 @@ async fn the_ai_assist_is_off_until_turned_on_and_sends_metadata_only() {
         "/api/v1/connections/{}/describe",
         connection["id"].as_str().unwrap()
     );
-    let gateway = Gateway::start(config, identity).unwrap();
-    gateway
-        .state()
-        .wait_for(|s| *s == LinkState::Online)
-        .await
-        .unwrap();
-    common::wait_for(async || h.gateway(&id).await.online).await;
+    let gateway = h.online(&id, config, identity).await;
 
     // Off by default: refused, and the endpoint hears nothing.
     let settings = h.api.get("/api/v1/settings/assist").await.unwrap();
@@ -549,13 +530,7 @@ async fn managed_storage_is_written_under_the_tenant_key() {
         target["settings"].get("parquet_key_id").is_none(),
         "{target}"
     );
-    let gateway = Gateway::start(config, identity).unwrap();
-    gateway
-        .state()
-        .wait_for(|s| *s == LinkState::Online)
-        .await
-        .unwrap();
-    common::wait_for(async || h.gateway(&id).await.online).await;
+    let gateway = h.online(&id, config, identity).await;
     let run = h
         .api
         .post(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 use tidegate::control_plane::{ControlPlane, ControlPlaneConfig, RunningControlPlane};
 use tidegate::dev_tls::ThrowawayCa;
-use tidegate::gateway::{ClientTls, GatewayConfig, Identity};
+use tidegate::gateway::{ClientTls, Gateway, GatewayConfig, Identity, LinkState, RunningGateway};
 use tidegate::metadata::{GatewayState, MetadataStore, MetricsReport};
 use tidegate::proto::SecretString;
 use tidegate::quickstart::Api;
@@ -124,6 +124,23 @@ impl Harness {
         c.backoff_initial = Duration::from_millis(50);
         c.backoff_max = Duration::from_millis(200);
         c
+    }
+
+    /// Starts an enrolled gateway and returns once the control plane sees it online.
+    pub async fn online(
+        &self,
+        id: &str,
+        config: GatewayConfig,
+        identity: Identity,
+    ) -> RunningGateway {
+        let gateway = Gateway::start(config, identity).unwrap();
+        gateway
+            .state()
+            .wait_for(|s| *s == LinkState::Online)
+            .await
+            .unwrap();
+        wait_for(async || self.gateway(id).await.online).await;
+        gateway
     }
 
     pub async fn enrolled(&self, state: &str) -> (String, GatewayConfig, Identity) {
