@@ -1254,6 +1254,25 @@ async fn connections_tasks_and_gateways_change_and_go() {
         .unwrap_err();
     assert_eq!(error.status(), Some(404), "{error}");
 
+    // Concurrent changes without a version all apply (the last one wins), none is refused.
+    let changes = (0..8).map(|i| {
+        let (c, path) = (c.clone(), task_path.clone());
+        tokio::spawn(async move { c.patch(&path, &json!({"name": format!("copy {i}")})).await })
+    });
+    for change in futures::future::join_all(changes).await {
+        change.unwrap().unwrap();
+    }
+    let names: Vec<String> = (0..8).map(|i| format!("copy {i}")).collect();
+    let now = c.get(&task_path).await.unwrap();
+    assert!(
+        names.contains(&now["name"].as_str().unwrap().to_owned()),
+        "{now}"
+    );
+    assert_eq!(
+        now["version"],
+        json!(changed["version"].as_i64().unwrap() + 8)
+    );
+
     // Revoking a gateway keeps it listed, deactivated, with the reason.
     let revoked = c
         .post(

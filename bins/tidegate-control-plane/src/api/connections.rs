@@ -287,28 +287,59 @@ pub(crate) async fn update(
         Some(&connection.space_id),
     )
     .await?;
-    super::check_version(req.version, connection.version)?;
-    if let Some(name) = req.name {
-        validate_name("name", &name)?;
-        connection.name = name;
+    if let Some(name) = &req.name {
+        validate_name("name", name)?;
+    }
+    if let Some(settings) = &req.settings {
+        check_settings(&connection.kind, settings)?;
+    }
+    for name in req.secrets.keys() {
+        validate_name("secrets", name)?;
+    }
+    // Without a version the change applies to whatever is stored: a concurrent writer that
+    // wins the compare-and-swap makes it read the connection again and retry, a few times.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        super::check_version(req.version, connection.version)?;
+        let changed = changed_connection(shared, connection, &req)?;
+        match shared.store.update_connection(&changed).await {
+            Ok(updated) => return Ok(Json(updated.into())),
+            Err(tidegate_metadata::Error::Conflict(_))
+                if req.version.is_none() && attempt < super::MAX_ATTEMPTS =>
+            {
+                connection = shared.connection(&id).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `connection` with the change `req` applied (validated already): secrets opened, changed
+/// and sealed again only if the change names some.
+fn changed_connection(
+    shared: &Shared,
+    mut connection: ConnectionRecord,
+    req: &UpdateConnection,
+) -> Result<ConnectionRecord, ApiError> {
+    if let Some(name) = &req.name {
+        connection.name.clone_from(name);
     }
     let (mut settings, names) = split_settings(connection.settings.clone());
-    if let Some(new) = req.settings {
-        settings = new;
+    if let Some(new) = &req.settings {
+        settings.clone_from(new);
     }
-    check_settings(&connection.kind, &settings)?;
     if req.secrets.is_empty() {
         if !names.is_empty() {
             settings.insert(SECRET_NAMES.to_owned(), json!(names).to_string());
         }
     } else {
         let mut secrets = shared.open(&connection)?;
-        for (name, value) in req.secrets {
-            validate_name("secrets", &name)?;
+        for (name, value) in &req.secrets {
             match value {
-                Some(value) => secrets.insert(name, value),
+                Some(value) => secrets.insert(name.clone(), value.clone()),
                 None => {
-                    secrets.remove(&name);
+                    secrets.remove(name);
                 }
             }
         }
@@ -320,8 +351,7 @@ pub(crate) async fn update(
         };
     }
     connection.settings = settings;
-    let updated = shared.store.update_connection(&connection).await?;
-    Ok(Json(updated.into()))
+    Ok(connection)
 }
 
 /// Deletes a connection no task uses.

@@ -188,6 +188,9 @@ pub(crate) fn check_version(expected: Option<i64>, stored: i64) -> Result<(), Ap
     }
 }
 
+/// How many times a change without a version is tried against concurrent writers.
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
+
 /// Deserializes a field that may be absent (`None`), `null` (`Some(None)`) or a value.
 pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where

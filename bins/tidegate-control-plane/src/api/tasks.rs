@@ -249,45 +249,63 @@ pub(crate) async fn update(
     let mut task = shared.task(&id).await?;
     ctx.check(&caller, Action::TaskUpdate, Some(&task.space_id))
         .await?;
-    super::check_version(req.version, task.version)?;
-    if let Some(name) = req.name {
-        validate_name("name", &name)?;
-        task.name = name;
+    // Checked once: a task's data space never changes.
+    if let Some(name) = &req.name {
+        validate_name("name", name)?;
     }
-    if let Some(gateway_id) = req.gateway_id {
-        shared.same_space(
-            &task.space_id,
-            "gateway_id",
-            &shared.gateway(&gateway_id).await?.space_id,
-        )?;
-        task.gateway_id = gateway_id;
+    for (field, id, connection) in [
+        ("gateway_id", &req.gateway_id, false),
+        ("source_id", &req.source_id, true),
+        ("target_id", &req.target_id, true),
+    ] {
+        if let Some(id) = id {
+            let of = if connection {
+                shared.connection(id).await?.space_id
+            } else {
+                shared.gateway(id).await?.space_id
+            };
+            shared.same_space(&task.space_id, field, &of)?;
+        }
     }
-    if let Some(source_id) = req.source_id {
-        shared.same_space(
-            &task.space_id,
-            "source_id",
-            &shared.connection(&source_id).await?.space_id,
-        )?;
-        task.source_connection_id = source_id;
+    // Without a version the change applies to whatever is stored: a concurrent writer that
+    // wins the compare-and-swap makes it read the task again and retry, a few times.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        super::check_version(req.version, task.version)?;
+        let req = &req;
+        let mut changed = task.clone();
+        if let Some(name) = &req.name {
+            changed.name.clone_from(name);
+        }
+        if let Some(gateway_id) = &req.gateway_id {
+            changed.gateway_id.clone_from(gateway_id);
+        }
+        if let Some(source_id) = &req.source_id {
+            changed.source_connection_id.clone_from(source_id);
+        }
+        if let Some(target_id) = &req.target_id {
+            changed.target_connection_id.clone_from(target_id);
+        }
+        if let Some(task_type) = req.task_type {
+            changed.task_type = task_type;
+        }
+        if let Some(tables) = &req.tables {
+            changed.tables = tables.clone();
+        }
+        if let Some(schedule) = &req.schedule {
+            changed.schedule.clone_from(schedule);
+        }
+        match shared.store.update_task(&changed).await {
+            Ok(updated) => return Ok(Json(updated.into())),
+            Err(tidegate_metadata::Error::Conflict(_))
+                if req.version.is_none() && attempt < super::MAX_ATTEMPTS =>
+            {
+                task = shared.task(&id).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    if let Some(target_id) = req.target_id {
-        shared.same_space(
-            &task.space_id,
-            "target_id",
-            &shared.connection(&target_id).await?.space_id,
-        )?;
-        task.target_connection_id = target_id;
-    }
-    if let Some(task_type) = req.task_type {
-        task.task_type = task_type;
-    }
-    if let Some(tables) = req.tables {
-        task.tables = tables;
-    }
-    if let Some(schedule) = req.schedule {
-        task.schedule = schedule;
-    }
-    Ok(Json(shared.store.update_task(&task).await?.into()))
 }
 
 /// Deletes a task that is not running, with its runs.
