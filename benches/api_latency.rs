@@ -141,14 +141,18 @@ async fn run(rate: u32, seconds: u64) -> anyhow::Result<()> {
         .post("/api/v1/gateways", &json!({"name": "bench gateway"}))
         .await?;
     let gateway_id = gateway["id"].as_str().unwrap_or_default().to_owned();
-    let task = client
-        .post(
-            "/api/v1/tasks",
-            &json!({"name": "bench task", "gateway_id": gateway_id,
-                    "source_id": connection_ids[0], "target_id": connection_ids[1]}),
-        )
-        .await?;
-    let task_id = task["id"].as_str().unwrap_or_default().to_owned();
+    // Writes spread over 20 tasks, as edits by different people would be.
+    let mut task_ids = Vec::new();
+    for i in 0..20 {
+        let task = client
+            .post(
+                "/api/v1/tasks",
+                &json!({"name": format!("bench task {i}"), "gateway_id": gateway_id,
+                        "source_id": connection_ids[0], "target_id": connection_ids[1]}),
+            )
+            .await?;
+        task_ids.push(task["id"].as_str().unwrap_or_default().to_owned());
+    }
 
     // Warm the connection pool.
     for _ in 0..20 {
@@ -173,7 +177,8 @@ async fn run(rate: u32, seconds: u64) -> anyhow::Result<()> {
         };
         let client = client.clone();
         let (samples, errors) = (samples.clone(), errors.clone());
-        let (gateway_id, task_id) = (gateway_id.clone(), task_id.clone());
+        let gateway_id = gateway_id.clone();
+        let task_id = task_ids[(i as usize / 10) % task_ids.len()].clone();
         handles.push(tokio::spawn(async move {
             let result = match kind {
                 Kind::ListConnections => client.get("/api/v1/connections").await,
