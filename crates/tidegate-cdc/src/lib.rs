@@ -100,6 +100,7 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod apply;
 mod catalog;
 mod changes;
 mod config;
@@ -107,7 +108,10 @@ mod error;
 mod lsn;
 pub mod pgoutput;
 mod replication;
+mod sink;
+mod store;
 mod stream;
+mod task;
 mod tls;
 mod wire;
 
@@ -129,8 +133,17 @@ pub use crate::replication::{
     ReplicationStream, StreamOptions, SystemIdentity,
 };
 pub use crate::stream::ChangeStream;
+// CDC tasks: the driver, the sink contract and the two sinks.
+pub use crate::apply::{ApplySinkConfig, PostgresApplySink};
+pub use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
+pub use crate::store::{
+    CHANGE_MANIFEST_VERSION, COMMIT_LSN_COLUMN, ChangeManifest, ManifestFile, StoreChangesSink,
+    StoreSinkConfig,
+};
+pub use crate::task::{CdcTaskConfig, CdcTaskSummary, run_cdc_task};
 
 // Crates that appear in the public API, re-exported so callers use the same versions.
 pub use arrow;
+pub use object_store;
 pub use sqlx;
-pub use tidegate_replicate::TableRef;
+pub use tidegate_replicate::{CancellationToken, TableRef};
