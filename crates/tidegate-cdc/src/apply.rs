@@ -46,6 +46,9 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
 
+/// Staged batches of at least this many rows are analysed before they are merged.
+const ANALYZE_ROWS: usize = 1_000;
+
 /// Staging column: the segment a row belongs to.
 const SEGMENT_COLUMN: &str = "_tg_seg";
 
@@ -62,6 +65,9 @@ pub struct ApplySinkConfig {
     pub checkpoint_table: TableRef,
     /// Tables loaded at once by the initial load. Default 2.
     pub load_parallel_tables: u32,
+    /// Change rows gathered (over all tables) before they are merged, so that many small
+    /// transactions are merged with a few statements. Default 20,000.
+    pub merge_rows: usize,
 }
 
 impl ApplySinkConfig {
@@ -72,6 +78,7 @@ impl ApplySinkConfig {
             schema: None,
             checkpoint_table: TableRef::new("tidegate", "cdc_checkpoint"),
             load_parallel_tables: 2,
+            merge_rows: 20_000,
         }
     }
 
@@ -92,6 +99,9 @@ pub struct PostgresApplySink {
     connection: Option<PgConnection>,
     in_transaction: bool,
     tables: HashMap<u32, ApplyTable>,
+    /// Batches accepted and not yet merged, per table in order of arrival.
+    pending: Vec<(u32, Vec<RecordBatch>)>,
+    pending_rows: usize,
 }
 
 impl fmt::Debug for PostgresApplySink {
@@ -160,6 +170,8 @@ impl PostgresApplySink {
             connection: None,
             in_transaction: false,
             tables: HashMap::new(),
+            pending: Vec::new(),
+            pending_rows: 0,
         };
         let mut ddl = String::from("CREATE SCHEMA IF NOT EXISTS ");
         push_identifier(&mut ddl, &sink.config.checkpoint_table.schema);
@@ -240,6 +252,8 @@ impl PostgresApplySink {
         {
             return Ok(());
         }
+        // Rows gathered under the previous version are merged with its statements.
+        self.merge_table(schema.oid).await?;
         let target = self.target_of(&schema.table);
         let quoted = qualified(&target);
         let error = {
@@ -492,7 +506,7 @@ impl PostgresApplySink {
         Ok(())
     }
 
-    async fn apply(&mut self, batch: ChangeBatch) -> Result<()> {
+    async fn accept(&mut self, batch: ChangeBatch) -> Result<()> {
         let oid = batch.relation.oid;
         let version_ok = self
             .tables
@@ -503,8 +517,55 @@ impl PostgresApplySink {
                 reason: "a change batch of a table version not described to the sink",
             });
         }
+        self.pending_rows += batch.batch.num_rows();
+        match self.pending.iter_mut().find(|(pending, _)| *pending == oid) {
+            Some((_, batches)) => batches.push(batch.batch),
+            None => self.pending.push((oid, vec![batch.batch])),
+        }
+        if self.pending_rows >= self.config.merge_rows {
+            self.merge_all().await?;
+        }
+        Ok(())
+    }
+
+    async fn merge_all(&mut self) -> Result<()> {
+        let oids: Vec<u32> = self.pending.iter().map(|(oid, _)| *oid).collect();
+        for oid in oids {
+            self.merge_table(oid).await?;
+        }
+        self.pending_rows = 0;
+        Ok(())
+    }
+
+    /// Merges the batches gathered for table `oid`, in order, as one.
+    async fn merge_table(&mut self, oid: u32) -> Result<()> {
+        let Some(position) = self.pending.iter().position(|(pending, _)| *pending == oid) else {
+            return Ok(());
+        };
+        let (_, batches) = self.pending.remove(position);
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        self.pending_rows = self.pending_rows.saturating_sub(rows);
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
+        let batch =
+            arrow::compute::concat_batches(&first.schema(), &batches).map_err(|source| {
+                Error::Arrow {
+                    table: oid.to_string(),
+                    source,
+                }
+            })?;
+        drop(batches);
+        self.merge(oid, batch).await
+    }
+
+    async fn merge(&mut self, oid: u32, batch: RecordBatch) -> Result<()> {
         self.transaction().await?;
-        let table = self.tables.get(&oid).expect("checked above");
+        let Some(table) = self.tables.get(&oid) else {
+            return Err(Error::UnexpectedEvent {
+                reason: "a change batch of a table not described to the sink",
+            });
+        };
         let connection = self.connection.as_mut().expect("transaction open");
         let target = table.target.to_string();
         let error = |what: &'static str| {
@@ -515,8 +576,8 @@ impl PostgresApplySink {
                 source,
             }
         };
-        let plan = segments(table, &batch.batch)?;
-        let staged = stage_batch(table, &batch.batch, &plan.segment_of)?;
+        let plan = segments(table, &batch)?;
+        let staged = stage_batch(table, &batch, &plan.segment_of)?;
         let mut encoder =
             BinaryCopyEncoder::new(target.clone(), &table.stage_schema).map_err(|source| {
                 Error::Replicate {
@@ -541,6 +602,13 @@ impl PostgresApplySink {
             .await
             .map_err(error("staging changes"))?;
         copy.finish().await.map_err(error("staging changes"))?;
+        if staged.num_rows() >= ANALYZE_ROWS {
+            // Without statistics the planner may scan the target instead of using its key.
+            sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", table.stage)))
+                .execute(&mut *connection)
+                .await
+                .map_err(error("analysing the staged changes"))?;
+        }
 
         for (number, segment) in plan.segments.iter().enumerate() {
             let number = i32::try_from(number).unwrap_or(i32::MAX);
@@ -597,6 +665,7 @@ impl PostgresApplySink {
         );
         let task_id = self.config.task_id.clone();
         let error = self.error("committing a group with its checkpoint");
+        self.merge_all().await?;
         let connection = self.transaction().await?;
         sqlx::query(AssertSqlSafe(sql))
             .bind(task_id)
@@ -671,7 +740,7 @@ impl ChangeSink for PostgresApplySink {
     }
 
     fn write(&mut self, batch: ChangeBatch) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.apply(batch))
+        Box::pin(self.accept(batch))
     }
 
     fn commit<'a>(&'a mut self, group: &'a CommitGroup) -> BoxFuture<'a, Result<()>> {
@@ -686,6 +755,8 @@ impl ChangeSink for PostgresApplySink {
             }
             self.in_transaction = false;
             self.tables.clear();
+            self.pending.clear();
+            self.pending_rows = 0;
             Ok(())
         })
     }

@@ -20,7 +20,7 @@ use crate::config::ConnectConfig;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::pgoutput::ReplicaIdentity;
-use crate::replication::{ReplicationClient, StreamOptions};
+use crate::replication::{CreatedSlot, ExportedSnapshot, ReplicationClient, StreamOptions};
 use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
 use crate::stream::ChangeStream;
 
@@ -289,16 +289,7 @@ async fn prepare(
 
     // No checkpoint: a slot left by an interrupted initial load is useless (its snapshot is
     // gone); start over.
-    if slot_info(catalog, &slot).await?.is_some() {
-        let mut client = ReplicationClient::connect(&config.source).await?;
-        match client.drop_slot(&slot, true).await {
-            Ok(()) | Err(Error::SlotNotFound { .. }) => {}
-            Err(error) => return Err(error),
-        }
-        client.close().await;
-    }
-    let client = ReplicationClient::connect(&config.source).await?;
-    let (created, snapshot) = client.create_slot_exporting_snapshot(&slot).await?;
+    let (created, snapshot, guard) = guarded_slot(config, catalog).await?;
     tracing::info!(task = %config.task_id, consistent_point = %created.consistent_point, "initial load started");
     let source = PostgresSource::connect_with(
         config.source.sqlx_options(),
@@ -335,6 +326,7 @@ async fn prepare(
     };
     // Every reader has joined the snapshot and finished.
     let client = snapshot.release();
+    let _ = sqlx::Connection::close(guard).await;
     sink.snapshot_loaded(created.consistent_point, &load)
         .await?;
     tracing::info!(
@@ -348,6 +340,93 @@ async fn prepare(
         checkpoint: Checkpoint::new(created.consistent_point, None),
         load: Some(load),
     }))
+}
+
+/// How often a slot is created again because a table was rewritten while it was created.
+const SLOT_ATTEMPTS: usize = 30;
+
+/// Creates the slot exporting its snapshot, with the tables locked in `ACCESS SHARE` mode by
+/// the returned connection (a transaction in that snapshot) until the load is over.
+///
+/// `TRUNCATE` and table rewrites are not MVCC-safe: one committed after the snapshot but
+/// before the load reads the table would make the load see the rewritten table instead of
+/// the snapshot's. The lock keeps them out during the load; one that slipped in between the
+/// slot's creation and the lock shows as a changed file node, and the slot is made again.
+async fn guarded_slot(
+    config: &CdcTaskConfig,
+    catalog: &mut PgConnection,
+) -> Result<(CreatedSlot, ExportedSnapshot, PgConnection)> {
+    let slot = config.slot_name();
+    for attempt in 1..=SLOT_ATTEMPTS {
+        if slot_info(catalog, &slot).await?.is_some() {
+            let mut client = ReplicationClient::connect(&config.source).await?;
+            match client.drop_slot(&slot, true).await {
+                Ok(()) | Err(Error::SlotNotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+            client.close().await;
+        }
+        // Everything connected first: the window between the two looks is kept short.
+        let mut guard = connect_sql(&config.source).await?;
+        let client = ReplicationClient::connect(&config.source).await?;
+        let before = file_nodes(catalog, &config.tables).await?;
+        let (created, snapshot) = client.create_slot_exporting_snapshot(&slot).await?;
+        let mut lock = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; \
+             LOCK TABLE ",
+            snapshot.name()
+        );
+        for (index, table) in config.tables.iter().enumerate() {
+            if index > 0 {
+                lock.push_str(", ");
+            }
+            lock.push_str(&qualified(table));
+        }
+        lock.push_str(" IN ACCESS SHARE MODE");
+        // The snapshot's name was checked by the replication layer; names are quoted.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+            .execute(&mut guard)
+            .await
+            .map_err(|source| Error::Sql {
+                what: "locking the tables for the initial load",
+                source,
+            })?;
+        if file_nodes(&mut guard, &config.tables).await? == before {
+            return Ok((created, snapshot, guard));
+        }
+        tracing::info!(task = %config.task_id, attempt, "a table was rewritten while the slot was created: creating it again");
+        drop(guard);
+        drop(snapshot);
+        tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
+    }
+    Err(Error::InvalidConfig {
+        reason: "the tables were truncated or rewritten every time the slot was created",
+    })
+}
+
+/// The file nodes of every leaf table (partitions included) of `tables`.
+async fn file_nodes(connection: &mut PgConnection, tables: &[TableRef]) -> Result<Vec<(i64, i64)>> {
+    let names: Vec<String> = tables.iter().map(qualified).collect();
+    sqlx::query_as(
+        "SELECT t.relid::oid::int8, coalesce(pg_relation_filenode(t.relid)::int8, 0) \
+         FROM unnest($1::text[]) AS n(name), pg_partition_tree(n.name::regclass) AS t \
+         WHERE t.isleaf ORDER BY 1",
+    )
+    .bind(names)
+    .fetch_all(connection)
+    .await
+    .map_err(|source| Error::Sql {
+        what: "reading the tables' file nodes",
+        source,
+    })
+}
+
+fn qualified(table: &TableRef) -> String {
+    format!(
+        "\"{}\".\"{}\"",
+        table.schema.replace('"', "\"\""),
+        table.name.replace('"', "\"\"")
+    )
 }
 
 async fn connect_sql(source: &ConnectConfig) -> Result<PgConnection> {
