@@ -290,11 +290,9 @@ async fn apply_initial_load_and_mixed_workload_end_identical() {
 async fn apply_restarts_without_acknowledging_lose_and_repeat_nothing() {
     let env = Env::start(SCHEMA).await;
     let mut source = env.source().await;
-    let mut seed = 10;
     for round in 0..4 {
         let running = spawn_apply(&env, env.task("restart", &["items", "parted"]));
-        workload(&mut source, seed, 60).await;
-        seed += 1;
+        workload(&mut source, 10 + round, 60).await;
         // Dropped mid-flight: whatever was not committed with its checkpoint is redone.
         tokio::time::sleep(Duration::from_millis(50 * round)).await;
         running.handle.abort();
