@@ -1031,3 +1031,35 @@ fn push_identifier(sql: &mut String, name: &str) {
     sql.push_str(&name.replace('"', "\"\""));
     sql.push('"');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_widening_type_changes_are_followed() {
+        use DataType::{Date32, Decimal128, Float32, Float64, Int16, Int32, Int64, Utf8};
+        let cases = [
+            (Some(Int32), Int32, "same"),
+            (Some(Int16), Int32, "widen"),
+            (Some(Int32), Int64, "widen"),
+            (Some(Float32), Float64, "widen"),
+            (Some(Decimal128(10, 2)), Decimal128(12, 2), "widen"),
+            (Some(Int64), Int32, "refused"),
+            (Some(Float64), Float32, "refused"),
+            (Some(Decimal128(10, 2)), Decimal128(10, 3), "refused"),
+            (Some(Int32), Date32, "refused"),
+            // Text-form values are cast to whatever the target column is.
+            (Some(Int64), Utf8, "same"),
+            (None, Int64, "same"),
+        ];
+        for (current, new, expected) in cases {
+            let got = match type_change(current.as_ref(), &new) {
+                TypeChange::Same => "same",
+                TypeChange::Widen => "widen",
+                TypeChange::Refused(_) => "refused",
+            };
+            assert_eq!(got, expected, "{current:?} -> {new:?}");
+        }
+    }
+}

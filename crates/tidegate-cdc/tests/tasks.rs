@@ -333,6 +333,37 @@ async fn apply_keeps_unchanged_toast_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_identity_full_and_using_index_are_applied_on_their_keys() {
+    let env = Env::start(
+        "CREATE TABLE full_t (id int PRIMARY KEY, v text, n int);
+         ALTER TABLE full_t REPLICA IDENTITY FULL;
+         CREATE TABLE idx_t (a int NOT NULL, b int NOT NULL, v text);
+         CREATE UNIQUE INDEX idx_t_ab ON idx_t (a, b);
+         ALTER TABLE idx_t REPLICA IDENTITY USING INDEX idx_t_ab;
+         INSERT INTO full_t SELECT g, 'v' || g, g FROM generate_series(1, 100) g;
+         INSERT INTO idx_t SELECT g, g % 3, 'w' || g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let running = spawn_apply(&env, env.task("identities", &["full_t", "idx_t"]));
+    let mut source = env.source().await;
+    sqlx::raw_sql(
+        "UPDATE full_t SET v = 'changed' WHERE id % 7 = 0;
+         UPDATE full_t SET id = id + 1000 WHERE id % 11 = 0;
+         DELETE FROM full_t WHERE id % 13 = 0;
+         INSERT INTO full_t VALUES (5000, NULL, 1);
+         UPDATE idx_t SET v = 'changed' WHERE a % 7 = 0;
+         UPDATE idx_t SET b = b + 10 WHERE a % 11 = 0;
+         DELETE FROM idx_t WHERE a % 13 = 0;
+         INSERT INTO idx_t VALUES (5000, 1, 'new');",
+    )
+    .execute(&mut source)
+    .await
+    .unwrap();
+    wait_identical(&env, &[("full_t", "id, v, n"), ("idx_t", "a, b, v")]).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn columns_added_mid_stream_reach_both_sinks() {
     let env = Env::start(SCHEMA).await;
     let dir = tempfile::tempdir().unwrap();
