@@ -1,32 +1,4 @@
-//! [`PostgresApplySink`]: changes merged into PostgreSQL tables, with the checkpoint in the
-//! same transaction.
-//!
-//! For each commit group one target transaction:
-//!
-//! 1. per change batch, the rows go with binary `COPY` into a temporary staging table (one
-//!    per table and schema version), split into *segments* in which no key appears twice, so
-//!    that the order of rows inside a segment does not matter; a truncate is a segment of its
-//!    own;
-//! 2. per segment, in order: `DELETE … USING` the staged deletes (matched on the old key),
-//!    `UPDATE … FROM` the staged updates (matched on the old key when the key changed, else
-//!    the key; an unchanged TOASTed value keeps the target's value through
-//!    `CASE WHEN i = ANY (_tg_unchanged)`), `INSERT … ON CONFLICT (key) DO UPDATE` the staged
-//!    inserts; `TRUNCATE` for a truncate;
-//! 3. on commit, the checkpoint row (task id → position, last commit LSN) is upserted and the
-//!    transaction committed: data and checkpoint are durable together or not at all.
-//!
-//! An update that finds no row fails the group ([`Error::TargetDiverged`]): the target was
-//! changed behind the task's back, and inserting the row would set its unchanged TOAST
-//! values to null.
-//!
-//! Schema: the target table is created if missing; a unique index on the key is added if
-//! none exists (the initial load creates tables without constraints). Columns new at the
-//! source are added (`ADD COLUMN`); a column whose type widened (`smallint` → `integer` →
-//! `bigint`, `real` → `double precision`, `numeric` to more digits at the same scale) is
-//! altered; any other type change is refused ([`Error::SchemaChange`]). Columns dropped at
-//! the source stay in the target (null in new rows) — so a rename becomes a new column, the
-//! old one keeping the values it had. Values captured in text form are cast to the target
-//! column's type.
+//! [`PostgresApplySink`]: changes merged into PostgreSQL tables.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -89,8 +61,35 @@ impl ApplySinkConfig {
     }
 }
 
-/// A [`ChangeSink`] merging changes into PostgreSQL tables; see the
-/// [module documentation](self).
+/// A [`ChangeSink`] merging changes into PostgreSQL tables, with the checkpoint in the
+/// same transaction.
+///
+/// For each commit group one target transaction:
+///
+/// 1. per change batch, the rows go with binary `COPY` into a temporary staging table (one
+///    per table and schema version), split into *segments* in which no key appears twice, so
+///    that the order of rows inside a segment does not matter; a truncate is a segment of its
+///    own;
+/// 2. per segment, in order: `DELETE … USING` the staged deletes (matched on the old key),
+///    `UPDATE … FROM` the staged updates (matched on the old key when the key changed, else
+///    the key; an unchanged TOASTed value keeps the target's value through
+///    `CASE WHEN i = ANY (_tg_unchanged)`), `INSERT … ON CONFLICT (key) DO UPDATE` the staged
+///    inserts; `TRUNCATE` for a truncate;
+/// 3. on commit, the checkpoint row (task id → position, last commit LSN) is upserted and the
+///    transaction committed: data and checkpoint are durable together or not at all.
+///
+/// An update that finds no row fails the group ([`Error::TargetDiverged`]): the target was
+/// changed behind the task's back, and inserting the row would set its unchanged TOAST
+/// values to null.
+///
+/// Schema: the target table is created if missing; a unique index on the key is added if
+/// none exists (the initial load creates tables without constraints). Columns new at the
+/// source are added (`ADD COLUMN`); a column whose type widened (`smallint` → `integer` →
+/// `bigint`, `real` → `double precision`, `numeric` to more digits at the same scale) is
+/// altered; any other type change is refused ([`Error::SchemaChange`]). Columns dropped at
+/// the source stay in the target (null in new rows) — so a rename becomes a new column, the
+/// old one keeping the values it had. Values captured in text form are cast to the target
+/// column's type.
 pub struct PostgresApplySink {
     options: PgConnectOptions,
     server: String,

@@ -1,30 +1,4 @@
-//! [`StoreChangesSink`]: change batches as Parquet change files on object storage, with one
-//! manifest per commit group, written last.
-//!
-//! # Layout
-//!
-//! ```text
-//! <prefix>/<schema>/<table>/<task_id>/part-00000.parquet          initial load (ParquetSink)
-//! <prefix>/<schema>/<table>/<task_id>/_manifest.json
-//! <prefix>/<schema>/<table>/changes/<first commit LSN>-v<version>-<n>.parquet
-//! <prefix>/_tidegate/cdc/<task_id>/manifests/<LSN>.json           one per commit group
-//! ```
-//!
-//! LSNs in names are 16 upper-case hex digits, so names sort in LSN order. A change file has
-//! the layout of the change batches ([`crate::ChangeBatch`]) with one more metadata column,
-//! [`COMMIT_LSN_COLUMN`], after the others: rows are in commit order when sorted by
-//! (`_tg_commit_lsn`, `_tg_lsn`). One file holds one schema version of one table.
-//!
-//! A group's manifest names every change file of the group (table, schema version, fields,
-//! key, rows), the checkpoint it moves to (`lsn`) and the last commit LSN it covers. It is
-//! written after every file completed; files without a manifest (a group interrupted by a
-//! crash) never count, and the group is written again under the same names on restart. The
-//! first manifest (`kind: "snapshot"`) names the initial load's per-table manifests at the
-//! slot's consistent point. The checkpoint is the `lsn` of the newest manifest.
-//!
-//! A reader replays: the snapshot, then the manifests' change files in manifest order, each
-//! file's rows by (`_tg_commit_lsn`, `_tg_lsn`); a value listed in `_tg_unchanged` keeps the
-//! row's previous value.
+//! [`StoreChangesSink`]: change batches as Parquet change files on object storage.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -78,8 +52,33 @@ impl StoreSinkConfig {
     }
 }
 
-/// A [`ChangeSink`] writing Parquet change files and manifests; see the
-/// [module documentation](self).
+/// A [`ChangeSink`] writing change batches as Parquet change files on object storage, with
+/// one manifest per commit group, written last.
+///
+/// # Layout
+///
+/// ```text
+/// <prefix>/<schema>/<table>/<task_id>/part-00000.parquet          initial load (ParquetSink)
+/// <prefix>/<schema>/<table>/<task_id>/_manifest.json
+/// <prefix>/<schema>/<table>/changes/<first commit LSN>-v<version>-<n>.parquet
+/// <prefix>/_tidegate/cdc/<task_id>/manifests/<LSN>.json           one per commit group
+/// ```
+///
+/// LSNs in names are 16 upper-case hex digits, so names sort in LSN order. A change file has
+/// the layout of the change batches ([`crate::ChangeBatch`]) with one more metadata column,
+/// [`COMMIT_LSN_COLUMN`], after the others: rows are in commit order when sorted by
+/// (`_tg_commit_lsn`, `_tg_lsn`). One file holds one schema version of one table.
+///
+/// A group's manifest names every change file of the group (table, schema version, fields,
+/// key, rows), the checkpoint it moves to (`lsn`) and the last commit LSN it covers. It is
+/// written after every file completed; files without a manifest (a group interrupted by a
+/// crash) never count, and the group is written again under the same names on restart. The
+/// first manifest (`kind: "snapshot"`) names the initial load's per-table manifests at the
+/// slot's consistent point. The checkpoint is the `lsn` of the newest manifest.
+///
+/// A reader replays: the snapshot, then the manifests' change files in manifest order, each
+/// file's rows by (`_tg_commit_lsn`, `_tg_lsn`); a value listed in `_tg_unchanged` keeps the
+/// row's previous value.
 pub struct StoreChangesSink {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
