@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tidegate_cdc::sqlx::{self, Connection, PgConnection};
 use tidegate_cdc::{
     ApplySinkConfig, BatchConfig, COMMIT_LSN_COLUMN, CancellationToken, CdcTaskConfig,
-    CdcTaskSummary, ConnectConfig, Error, LSN_COLUMN, OLD_COLUMN_PREFIX, OP_COLUMN,
+    CdcTaskSummary, ConnectConfig, Error, LSN_COLUMN, Lsn, OLD_COLUMN_PREFIX, OP_COLUMN,
     PostgresApplySink, StoreChangesSink, StoreSinkConfig, TableRef, UNCHANGED_COLUMN, run_cdc_task,
     slot_info,
 };
@@ -360,6 +360,66 @@ async fn replica_identity_full_and_using_index_are_applied_on_their_keys() {
     .await
     .unwrap();
     wait_identical(&env, &[("full_t", "id, v, n"), ("idx_t", "a, b, v")]).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_task_moves_its_checkpoint_and_slot_along_with_the_server() {
+    let env = Env::start(
+        "CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE other (id int);
+         INSERT INTO watched VALUES (1);",
+    )
+    .await;
+    // Keepalives every second rather than every 30.
+    env.server
+        .execute("src", "ALTER SYSTEM SET wal_sender_timeout = '2s'")
+        .unwrap();
+    env.server
+        .execute("src", "SELECT pg_reload_conf()")
+        .unwrap();
+    let config = env
+        .task("idle", &["watched"])
+        .with_idle_checkpoint(Some(Duration::from_millis(100)));
+    let running = spawn_apply(&env, config.clone());
+    wait_identical(&env, &[("watched", "id")]).await;
+
+    // Only a table the task does not capture changes: the WAL moves on without it.
+    let mut source = env.source().await;
+    sqlx::raw_sql("INSERT INTO other SELECT generate_series(1, 10000)")
+        .execute(&mut source)
+        .await
+        .unwrap();
+    let wal: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut source)
+        .await
+        .unwrap();
+    let wal: Lsn = wal.parse().unwrap();
+    let mut target = env.target().await;
+    let started = Instant::now();
+    loop {
+        let checkpoint: String = sqlx::query_scalar(
+            "SELECT lsn::text FROM tidegate.cdc_checkpoint WHERE task_id = 'idle'",
+        )
+        .fetch_one(&mut target)
+        .await
+        .unwrap();
+        let checkpoint: Lsn = checkpoint.parse().unwrap();
+        let slot = slot_info(&mut source, &config.slot_name())
+            .await
+            .unwrap()
+            .unwrap();
+        let confirmed = slot.confirmed_flush_lsn.unwrap();
+        // The slot never runs ahead of the target.
+        assert!(confirmed <= checkpoint, "{confirmed} > {checkpoint}");
+        if confirmed >= wal {
+            break;
+        }
+        assert!(
+            started.elapsed() < CATCH_UP,
+            "the idle checkpoint did not advance"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     running.stop().await;
 }
 
