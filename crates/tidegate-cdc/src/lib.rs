@@ -231,7 +231,7 @@ pub use crate::apply::{ApplySinkConfig, PostgresApplySink};
 pub use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
 pub use crate::store::{
     CHANGE_MANIFEST_VERSION, COMMIT_LSN_COLUMN, ChangeManifest, ManifestFile, StoreChangesSink,
-    StoreSinkConfig,
+    StoreSinkConfig, TableVersion,
 };
 pub use crate::task::{CdcTaskConfig, CdcTaskSummary, run_cdc_task};
 

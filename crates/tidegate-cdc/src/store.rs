@@ -70,7 +70,10 @@ impl StoreSinkConfig {
 /// (`_tg_commit_lsn`, `_tg_lsn`). One file holds one schema version of one table.
 ///
 /// A group's manifest names every change file of the group (table, schema version, fields,
-/// key, rows), the checkpoint it moves to (`lsn`) and the last commit LSN it covers. It is
+/// key, rows), the checkpoint it moves to (`lsn`) and the last commit LSN it covers. A
+/// table's schema version counts from 1 and goes up whenever its files get other fields,
+/// across restarts: every manifest carries each table's current version and fields
+/// (`schemas`). It is
 /// written after every file completed; files without a manifest (a group interrupted by a
 /// crash) never count, and the group is written again under the same names on restart. The
 /// first manifest (`kind: "snapshot"`) names the initial load's per-table manifests at the
@@ -85,6 +88,8 @@ pub struct StoreChangesSink {
     config: StoreSinkConfig,
     snapshot: Arc<ParquetSink>,
     tables: BTreeMap<u32, (Arc<RelationSchema>, Option<Vec<String>>)>,
+    /// Each table's schema version as the manifests number it, across restarts.
+    versions: BTreeMap<String, TableVersion>,
     /// Open files of the group, by table oid and schema version.
     open: BTreeMap<(u32, u32), OpenFile>,
     /// Files of the group completed.
@@ -134,8 +139,23 @@ pub struct ChangeManifest {
     /// The change files (for `changes`), or the initial load's table manifests (for
     /// `snapshot`, with `schema_version` 0).
     pub files: Vec<ManifestFile>,
+    /// Every table's current schema version and fields, as of this manifest (so that the
+    /// newest manifest alone tells a restarted sink where the numbering stands).
+    #[serde(default)]
+    pub schemas: BTreeMap<String, TableVersion>,
     /// The writer.
     pub created_by: String,
+}
+
+/// A table's schema version in the manifests: counts from 1 and goes up whenever the table's
+/// change files get other fields, across restarts of the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TableVersion {
+    /// The version.
+    pub version: u32,
+    /// Its fields: name and Arrow type.
+    pub fields: Vec<(String, String)>,
 }
 
 /// One file a manifest names.
@@ -144,8 +164,7 @@ pub struct ChangeManifest {
 pub struct ManifestFile {
     /// The table.
     pub table: TableRef,
-    /// The table's schema version (counts from 1 in each stream; see
-    /// [`RelationSchema::version`]).
+    /// The table's schema version ([`TableVersion`]).
     pub schema_version: u32,
     /// Full object path, as stored.
     pub path: String,
@@ -170,6 +189,7 @@ impl StoreChangesSink {
             config,
             snapshot: Arc::new(snapshot),
             tables: BTreeMap::new(),
+            versions: BTreeMap::new(),
             open: BTreeMap::new(),
             done: Vec::new(),
             group_start: None,
@@ -227,7 +247,11 @@ impl StoreChangesSink {
             reason: "a change batch of a transaction not committed yet",
         })?;
         self.group_start.get_or_insert(commit_lsn);
-        let slot = (relation.oid, relation.version);
+        let version = self
+            .versions
+            .get(&relation.table.to_string())
+            .map_or(1, |known| known.version);
+        let slot = (relation.oid, version);
         if !self.open.contains_key(&slot) {
             let index = self
                 .done
@@ -239,7 +263,7 @@ impl StoreChangesSink {
                     .keys()
                     .filter(|(oid, _)| *oid == relation.oid)
                     .count();
-            let path = self.file_path(&relation.table, relation.version, index)?;
+            let path = self.file_path(&relation.table, version, index)?;
             let schema = file_schema(&relation.schema);
             let properties = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -258,7 +282,7 @@ impl StoreChangesSink {
                 .and_then(|(_, key)| key.clone());
             let entry = ManifestFile {
                 table: relation.table.clone(),
-                schema_version: relation.version,
+                schema_version: version,
                 path: path.to_string(),
                 rows: 0,
                 bytes: 0,
@@ -325,6 +349,7 @@ impl StoreChangesSink {
             previous_lsn: self.previous.map(|lsn| lsn.to_string()),
             transactions: group.transactions,
             files: std::mem::take(&mut self.done),
+            schemas: self.versions.clone(),
             created_by: concat!("tidegate-cdc ", env!("CARGO_PKG_VERSION")).into(),
         };
         write_manifest(
@@ -431,6 +456,7 @@ impl ChangeSink for StoreChangesSink {
                 manifest.last_commit_lsn.as_deref().map(parse).transpose()?,
             );
             self.previous = Some(checkpoint.lsn);
+            self.versions = manifest.schemas;
             Ok(Some(checkpoint))
         })
     }
@@ -466,6 +492,7 @@ impl ChangeSink for StoreChangesSink {
                         fields: Vec::new(),
                     })
                     .collect(),
+                schemas: BTreeMap::new(),
                 created_by: concat!("tidegate-cdc ", env!("CARGO_PKG_VERSION")).into(),
             };
             write_manifest(
@@ -482,6 +509,26 @@ impl ChangeSink for StoreChangesSink {
 
     fn relation<'a>(&'a mut self, table: &'a TableDescription) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let fields: Vec<(String, String)> = file_schema(&table.schema.schema)
+                .fields()
+                .iter()
+                .map(|field| (field.name().clone(), field.data_type().to_string()))
+                .collect();
+            let name = table.schema.table.to_string();
+            let version = match self.versions.get(&name) {
+                Some(known) if known.fields == fields => known.version,
+                Some(known) => known.version + 1,
+                None => 1,
+            };
+            if version > 1
+                && self
+                    .versions
+                    .get(&name)
+                    .is_some_and(|k| k.version != version)
+            {
+                tracing::info!(table = %name, version, "new schema version in the change files");
+            }
+            self.versions.insert(name, TableVersion { version, fields });
             self.tables.insert(
                 table.schema.oid,
                 (Arc::clone(&table.schema), table.key.clone()),
