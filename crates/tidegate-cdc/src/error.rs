@@ -154,6 +154,134 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+
+    /// The task's slot is gone although the target holds a checkpoint: it was dropped behind
+    /// the task's back, so the changes after the checkpoint can no longer be streamed. Start
+    /// the task anew (remove its checkpoint) for a fresh initial load.
+    #[error(
+        "replication slot {slot:?} is missing (or lost its WAL) while the target's checkpoint \
+         is at {checkpoint}: changes after it cannot be streamed; start the task anew"
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+        /// The target's checkpoint.
+        checkpoint: crate::lsn::Lsn,
+    },
+
+    /// The slot was acknowledged past the target's checkpoint: the target lost changes it had
+    /// (restored from a backup?) or another consumer used the slot.
+    #[error(
+        "replication slot {slot:?} is confirmed up to {confirmed}, past the target's \
+         checkpoint {checkpoint}: the changes in between are gone; start the task anew"
+    )]
+    SlotAhead {
+        /// The slot.
+        slot: String,
+        /// The slot's confirmed flush position.
+        confirmed: crate::lsn::Lsn,
+        /// The target's checkpoint.
+        checkpoint: crate::lsn::Lsn,
+    },
+
+    /// A table of the task does not exist at the source.
+    #[error("table {table} does not exist at the source")]
+    TableNotFound {
+        /// The table, as `schema.name`.
+        table: String,
+    },
+
+    /// A table cannot be applied: it has neither a primary key nor a replica identity index
+    /// (`REPLICA IDENTITY FULL` needs a primary key too), so its rows cannot be matched.
+    #[error(
+        "table {table} has no primary key or replica identity index: its changes cannot be \
+         applied (add a primary key, or ALTER TABLE … REPLICA IDENTITY USING INDEX a unique index)"
+    )]
+    NoApplyKey {
+        /// The table, as `schema.name`.
+        table: String,
+    },
+
+    /// A schema change the sink does not follow.
+    #[error("table {table}: column {column}: schema change not followed: {reason}")]
+    SchemaChange {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The column.
+        column: String,
+        /// Why, as a fixed text.
+        reason: &'static str,
+    },
+
+    /// The target does not hold what the changes expect (a row an update changes is missing):
+    /// it was changed behind the task's back.
+    #[error("target table {table}: {reason} ({count} rows)")]
+    TargetDiverged {
+        /// The target table, as `schema.name`.
+        table: String,
+        /// What was found, as a fixed text.
+        reason: &'static str,
+        /// How many rows.
+        count: u64,
+    },
+
+    /// A statement at a PostgreSQL target failed.
+    #[error("target {target}: {what} failed")]
+    Target {
+        /// The table, or `host:port/database`.
+        target: String,
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The full-load core failed: the initial load, or encoding rows for a target.
+    #[error("{what} failed")]
+    Replicate {
+        /// What was being done.
+        what: &'static str,
+        /// Its error.
+        #[source]
+        source: tidegate_replicate::Error,
+    },
+
+    /// An object store operation failed.
+    #[error("object store: {path}")]
+    ObjectStore {
+        /// The object.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// Writing a Parquet change file failed.
+    #[error("change file {path}")]
+    Parquet {
+        /// The object.
+        path: String,
+        /// Parquet's error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    /// A change manifest cannot be read or written.
+    #[error("change manifest {path}: {reason}")]
+    Manifest {
+        /// The object.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The stream delivered something a CDC task does not expect here.
+    #[error("unexpected change stream: {reason}")]
+    UnexpectedEvent {
+        /// What, as a fixed text.
+        reason: &'static str,
+    },
 }
 
 impl Error {
@@ -163,6 +291,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } => true,
+            Error::Target { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ),
+            Error::ObjectStore { .. } => true,
             // 08: connection exception, 53: insufficient resources, 57: operator intervention
             // (shutdown, admin termination), 55006: object in use (a slot active elsewhere).
             Error::Server { code, .. } => {

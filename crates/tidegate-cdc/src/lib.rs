@@ -50,6 +50,97 @@
 //! # }
 //! ```
 //!
+//! # CDC tasks: initial load, then changes, exactly once
+//!
+//! [`run_cdc_task`] runs a whole task ([`CdcTaskConfig`]: a task id, the source, the tables)
+//! into a [`ChangeSink`]:
+//!
+//! ```text
+//!  publication + slot ──▶ initial load in the slot's snapshot ──▶ checkpoint = consistent point
+//!  (tidegate_<task id>)    (tidegate-replicate: PostgresSource        (written by the sink)
+//!                           joining the snapshot, copy_tables)
+//!          ┌───────────────────────────────────────────────────────────────────┘
+//!          ▼
+//!  ChangeStream from the checkpoint ──▶ commit groups ──▶ sink.commit(group + checkpoint)
+//!                                                         └─▶ then ChangeStream::acknowledge
+//! ```
+//!
+//! Two sinks ship with the crate:
+//!
+//! * [`PostgresApplySink`] merges changes into PostgreSQL tables: the initial load through
+//!   `tidegate-replicate`'s `PostgresSink`, then per commit group one transaction that stages
+//!   each table's rows with binary `COPY` and merges them (`DELETE … USING`, `UPDATE … FROM`,
+//!   `INSERT … ON CONFLICT` on the key, `TRUNCATE`), and upserts the checkpoint row (task id →
+//!   position) in the same transaction. A value an update left unchanged (TOAST) keeps the
+//!   target's value; it is never set to null.
+//! * [`StoreChangesSink`] appends Parquet change files under
+//!   `<prefix>/<schema>/<table>/changes/` on any object store, and one manifest per commit
+//!   group, written last, naming the files, the schema version and the position reached; the
+//!   newest manifest is the checkpoint.
+//!
+//! ```no_run
+//! # #[allow(dead_code)]
+//! # async fn run() -> Result<(), tidegate_cdc::Error> {
+//! use tidegate_cdc::{
+//!     ApplySinkConfig, CancellationToken, CdcTaskConfig, ConnectConfig, PostgresApplySink,
+//!     TableRef, run_cdc_task,
+//! };
+//!
+//! let source = ConnectConfig::from_url("postgres://cdc:secret@db:5432/shop?sslmode=require")?;
+//! let tables = vec![TableRef::new("public", "orders")];
+//! let config = CdcTaskConfig::new("shop_orders", source, tables);
+//! let target = "postgres://load:secret@warehouse:5432/shop";
+//! let mut sink = PostgresApplySink::connect(target, ApplySinkConfig::new("shop_orders")).await?;
+//! let cancel = CancellationToken::new(); // cancel() it to stop
+//! let summary = run_cdc_task(&config, &mut sink, cancel).await?;
+//! println!("{} transactions applied", summary.transactions);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **Exactly once.** The target stores each group's changes and its checkpoint atomically
+//! (one transaction; files then one manifest put). The slot is acknowledged only after that,
+//! so it never runs ahead of the target. On a restart the task reads the checkpoint *from the
+//! target* and streams from it; a transaction whose commit LSN lies before it is skipped. A
+//! crash at any point therefore loses nothing (the slot still holds what the target lacks)
+//! and repeats nothing (what the target holds is skipped). A crash during the initial load
+//! leaves no checkpoint: the slot is made again and the load redone. Large transactions are
+//! received at commit (`streaming` off): the sink sees whole transactions in commit order, and
+//! memory stays bounded by [`BatchConfig`].
+//!
+//! **Initial load.** The tables are locked in `ACCESS SHARE` mode, in the slot's snapshot,
+//! for the duration of the load: `TRUNCATE` and table rewrites are not MVCC-safe and would
+//! otherwise hide the snapshot's rows from the load. They wait until the load ends.
+//! Partitioned tables are read through their root (never `ONLY`), as the publication
+//! (`publish_via_partition_root`) streams their changes.
+//!
+//! **Keys.** The apply sink matches rows on the replica identity index's columns, or on the
+//! primary key under `REPLICA IDENTITY FULL`. A table with neither ([`Error::NoApplyKey`]) is
+//! refused before anything is created; the store sink takes any table (PostgreSQL itself
+//! refuses updates and deletes on a published table without replica identity). A unique
+//! index on the key is added to the target table if it has none.
+//!
+//! **Schema changes.** A changed table description is a new schema version
+//! ([`ChangeEvent::Relation`]). The apply sink adds new columns (`ALTER TABLE … ADD COLUMN`)
+//! and widens a column whose type widened (`smallint` → `integer` → `bigint`, `real` →
+//! `double precision`, `numeric` to more digits at the same scale). The store sink starts
+//! new files with the new schema, and the manifest records the version and the fields. What
+//! is **not** followed:
+//!
+//! * a dropped column stays in the apply target (null in rows inserted afterwards);
+//! * a rename is a drop and an add: the new name is a new column, the old one keeps the values
+//!   it had;
+//! * type narrowing and changes to an unrelated type are refused ([`Error::SchemaChange`]);
+//!   values captured in text form are cast to the target column's type;
+//! * new tables, dropped tables and a changed key are not followed (a task's tables are
+//!   fixed; a changed key surfaces as an error when it no longer has a unique index);
+//! * a `TRUNCATE` naming a partition directly is not published through the root (PostgreSQL's
+//!   behaviour), so it does not reach the target.
+//!
+//! **Clear errors.** The slot dropped behind the task's back ([`Error::SlotLost`]), a slot
+//! confirmed past the target ([`Error::SlotAhead`]), a target changed behind the task's back
+//! ([`Error::TargetDiverged`]): each names the slot, table and positions, never a value.
+//!
 //! # Why our own protocol layer
 //!
 //! Upstream `tokio-postgres` has no replication support (the forks that do are git-only). The
@@ -90,6 +181,8 @@
 //! * **No panics on input.** [`pgoutput::decode`] and the protocol layer check every length;
 //!   malformed input is an error (fuzzed).
 //! * **No values or secrets in errors and logs**: ids, LSNs, names and counts only.
+//! * **Checkpoints live at the target.** The task acknowledges the slot only with positions
+//!   its sink made durable, together with the data, and resumes from the target's checkpoint.
 //!
 //! # Features
 //!
@@ -100,6 +193,7 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod apply;
 mod catalog;
 mod changes;
 mod config;
@@ -107,7 +201,10 @@ mod error;
 mod lsn;
 pub mod pgoutput;
 mod replication;
+mod sink;
+mod store;
 mod stream;
+mod task;
 mod tls;
 mod wire;
 
@@ -129,8 +226,17 @@ pub use crate::replication::{
     ReplicationStream, StreamOptions, SystemIdentity,
 };
 pub use crate::stream::ChangeStream;
+// CDC tasks: the driver, the sink contract and the two sinks.
+pub use crate::apply::{ApplySinkConfig, PostgresApplySink};
+pub use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
+pub use crate::store::{
+    CHANGE_MANIFEST_VERSION, COMMIT_LSN_COLUMN, ChangeManifest, ManifestFile, StoreChangesSink,
+    StoreSinkConfig, TableVersion,
+};
+pub use crate::task::{CdcTaskConfig, CdcTaskSummary, run_cdc_task};
 
 // Crates that appear in the public API, re-exported so callers use the same versions.
 pub use arrow;
+pub use object_store;
 pub use sqlx;
-pub use tidegate_replicate::TableRef;
+pub use tidegate_replicate::{CancellationToken, TableRef};

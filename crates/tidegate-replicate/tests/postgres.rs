@@ -415,6 +415,53 @@ async fn all_tables_are_read_in_one_snapshot() {
 }
 
 #[tokio::test]
+async fn a_snapshot_exported_elsewhere_is_joined_by_every_reader() {
+    use tidegate_replicate::sqlx::{Connection, PgConnection};
+    let server = server_with(
+        "CREATE TABLE a (id int); INSERT INTO a SELECT generate_series(1, 100);
+         CREATE TABLE p (id int, k int) PARTITION BY LIST (k);
+         CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1);
+         CREATE TABLE p2 PARTITION OF p FOR VALUES IN (2);
+         INSERT INTO p SELECT g, 1 + g % 2 FROM generate_series(1, 60) g;",
+    )
+    .await;
+    // The exporter (a replication slot, in CDC) keeps its transaction open.
+    let mut exporter = PgConnection::connect(&server.url("src")).await.unwrap();
+    tidegate_replicate::sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut exporter)
+        .await
+        .unwrap();
+    let id: String = tidegate_replicate::sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut exporter)
+        .await
+        .unwrap();
+    server
+        .execute(
+            "src",
+            "INSERT INTO a SELECT generate_series(101, 150); DELETE FROM p WHERE k = 2;",
+        )
+        .unwrap();
+    let options: PgConnectOptions = server.url("src").parse().unwrap();
+    let config = PostgresSourceConfig::default().with_snapshot(id.clone());
+    let source = PostgresSource::connect_with(options.clone(), config)
+        .await
+        .unwrap();
+    assert_eq!(source.snapshot_id(), Some(id.as_str()));
+    let a = table(&source, "a").await;
+    assert_eq!(read_all(&source, &a).await.num_rows(), 100);
+    // A partitioned table is read through its root, partitions included.
+    let p = table(&source, "p").await;
+    assert_eq!(read_all(&source, &p).await.num_rows(), 60);
+
+    // Something that is not a snapshot id is refused before it reaches SQL.
+    let config = PostgresSourceConfig::default().with_snapshot("x'; DROP TABLE a; --");
+    let error = PostgresSource::connect_with(options, config)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig { .. }), "{error}");
+}
+
+#[tokio::test]
 async fn page_ranges_partition_a_table_exactly() {
     let server = server_with(
         "CREATE TABLE big (id bigint, pad text);

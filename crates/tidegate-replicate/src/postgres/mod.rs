@@ -10,7 +10,9 @@
 //! * **Snapshot.** [`PostgresSource::connect`] opens a `REPEATABLE READ` transaction and
 //!   exports its snapshot; every reader joins it with `SET TRANSACTION SNAPSHOT`, so all tables
 //!   and all parts of a table are read as of one instant. The exporting connection is held
-//!   until the source is dropped.
+//!   until the source is dropped. With [`PostgresSourceConfig::snapshot`] the source joins a
+//!   snapshot exported elsewhere instead — a logical replication slot's, so that a full load
+//!   and the changes streamed from the slot meet without gap or overlap.
 //! * **Parallel reads.** [`Source::partitions`] splits an ordinary table of at least
 //!   [`PostgresSourceConfig::min_split_pages`] pages into ranges of heap pages, read with
 //!   `ctid` range conditions (a TID range scan since PostgreSQL 14).
@@ -60,6 +62,19 @@ pub struct PostgresSourceConfig {
     pub batch_bytes: usize,
     /// `COPY` data kept in flight per reader, in batches. Default 1.
     pub read_ahead_batches: usize,
+    /// Join this snapshot, exported elsewhere (for instance by a logical replication slot
+    /// created with `EXPORT_SNAPSHOT`), instead of exporting one. Every reader, discovery
+    /// included, reads in it; it must stay valid (its exporter idle) until the read ends.
+    /// Default `None`. Takes precedence over [`consistent_snapshot`](Self::consistent_snapshot).
+    pub snapshot: Option<String>,
+}
+
+impl PostgresSourceConfig {
+    /// Sets [`snapshot`](Self::snapshot): read in the snapshot exported as `id`.
+    pub fn with_snapshot(mut self, id: impl Into<String>) -> Self {
+        self.snapshot = Some(id.into());
+        self
+    }
 }
 
 impl Default for PostgresSourceConfig {
@@ -69,6 +84,7 @@ impl Default for PostgresSourceConfig {
             min_split_pages: 16_384,
             batch_bytes: 32 << 20,
             read_ahead_batches: 1,
+            snapshot: None,
         }
     }
 }
@@ -132,7 +148,22 @@ impl PostgresSource {
             });
         }
         let options = options.application_name("tidegate");
-        let snapshot = if config.consistent_snapshot {
+        let snapshot = if let Some(id) = &config.snapshot {
+            // Interpolated into SET TRANSACTION SNAPSHOT: it must look like one.
+            if !is_snapshot_id(id) {
+                return Err(Error::InvalidConfig {
+                    reason: "a snapshot id has the form of pg_export_snapshot()'s result",
+                });
+            }
+            let mut connection = connect(&options).await?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{id}'"
+            )))
+            .execute(&mut connection)
+            .await
+            .map_err(|source| Error::Snapshot { source })?;
+            Some((Mutex::new(connection), id.clone()))
+        } else if config.consistent_snapshot {
             let mut connection = connect(&options).await?;
             let id: String = async {
                 sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -145,7 +176,7 @@ impl PostgresSource {
             .await
             .map_err(|source| Error::Snapshot { source })?;
             // Interpolated into SET TRANSACTION SNAPSHOT below: it must look like one.
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            if !is_snapshot_id(&id) {
                 return Err(Error::InvalidConfig {
                     reason: "the server exported a snapshot id of an unexpected form",
                 });
@@ -427,6 +458,11 @@ fn copy_statement(plan: &TablePlan, partition: &Partition) -> Result<String> {
     }
     sql.push_str(" TO STDOUT (FORMAT binary)");
     Ok(sql)
+}
+
+/// Whether `id` has the form of a snapshot id (`00000003-0000001B-1`).
+fn is_snapshot_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
 fn push_identifier(sql: &mut String, name: &str) {

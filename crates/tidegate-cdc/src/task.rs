@@ -1,0 +1,738 @@
+//! [`run_cdc_task`]: initial load in the slot's snapshot, then changes into a
+//! [`ChangeSink`], acknowledged only once the sink made them durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::ConnectOptions;
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+use tidegate_replicate::{
+    CancellationToken, CopyPlan, CopySummary, PostgresSource, PostgresSourceConfig, TableRef,
+    copy_tables,
+};
+use tokio::time::Instant;
+
+use crate::catalog::{PublicationTables, create_publication, publication_tables, slot_info};
+use crate::changes::{BatchConfig, ChangeEvent, RelationSchema};
+use crate::config::ConnectConfig;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::pgoutput::ReplicaIdentity;
+use crate::replication::{CreatedSlot, ExportedSnapshot, ReplicationClient, StreamOptions};
+use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
+use crate::stream::ChangeStream;
+
+/// Longest task id: the slot and publication names (`tidegate_<id>`) stay within
+/// PostgreSQL's 63 bytes.
+const MAX_TASK_ID: usize = 48;
+
+/// What a CDC task captures and how.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CdcTaskConfig {
+    /// Names the task's slot and publication (`tidegate_<task_id>`) and its checkpoint at the
+    /// target: lowercase ASCII letters, digits and `_`, at most 48 characters.
+    pub task_id: String,
+    /// The source database.
+    pub source: ConnectConfig,
+    /// The tables captured (a partitioned table by its root).
+    pub tables: Vec<TableRef>,
+    /// How change rows are gathered into batches (bounds memory).
+    pub batch: BatchConfig,
+    /// A commit group is made durable once it holds this many change rows (at the next
+    /// commit boundary). Default 50,000.
+    pub group_rows: u64,
+    /// … or this many transactions. Default 1,000.
+    pub group_transactions: u64,
+    /// … or once its first transaction has waited this long. Default 1 s.
+    pub group_delay: Duration,
+    /// While no captured table changes, the checkpoint (and the slot) is moved to the
+    /// server's position at most this often, so the slot does not hold WAL back. `None`
+    /// never does. Default 30 s.
+    pub idle_checkpoint: Option<Duration>,
+    /// Rows per batch of the initial load. Default 65,536.
+    pub load_batch_rows: usize,
+    /// Tables loaded at once in the initial load. Default 2.
+    pub load_parallel_tables: usize,
+    /// How long to wait for the slot to be released by a previous run that died (its server
+    /// connection lingers a moment). Default 30 s.
+    pub slot_wait: Duration,
+}
+
+impl CdcTaskConfig {
+    /// A task with the defaults above.
+    pub fn new(task_id: impl Into<String>, source: ConnectConfig, tables: Vec<TableRef>) -> Self {
+        Self {
+            task_id: task_id.into(),
+            source,
+            tables,
+            batch: BatchConfig::default(),
+            group_rows: 50_000,
+            group_transactions: 1_000,
+            group_delay: Duration::from_secs(1),
+            idle_checkpoint: Some(Duration::from_secs(30)),
+            load_batch_rows: 65_536,
+            load_parallel_tables: 2,
+            slot_wait: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets [`batch`](Self::batch).
+    pub fn with_batch(mut self, batch: BatchConfig) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Sets the commit group limits ([`group_rows`](Self::group_rows),
+    /// [`group_transactions`](Self::group_transactions), [`group_delay`](Self::group_delay)).
+    pub fn with_group(mut self, rows: u64, transactions: u64, delay: Duration) -> Self {
+        self.group_rows = rows;
+        self.group_transactions = transactions;
+        self.group_delay = delay;
+        self
+    }
+
+    /// Sets [`idle_checkpoint`](Self::idle_checkpoint).
+    pub fn with_idle_checkpoint(mut self, interval: Option<Duration>) -> Self {
+        self.idle_checkpoint = interval;
+        self
+    }
+
+    /// The replication slot's name.
+    pub fn slot_name(&self) -> String {
+        format!("tidegate_{}", self.task_id)
+    }
+
+    /// The publication's name.
+    pub fn publication_name(&self) -> String {
+        format!("tidegate_{}", self.task_id)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let id_ok = !self.task_id.is_empty()
+            && self.task_id.len() <= MAX_TASK_ID
+            && self
+                .task_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let reason = if !id_ok {
+            "a task id is 1 to 48 lowercase ASCII letters, digits and underscores"
+        } else if self.tables.is_empty() {
+            "a CDC task needs at least one table"
+        } else if self.group_rows == 0 || self.group_transactions == 0 {
+            "group_rows and group_transactions must be at least 1"
+        } else if self.load_batch_rows == 0 || self.load_parallel_tables == 0 {
+            "load_batch_rows and load_parallel_tables must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidConfig { reason })
+    }
+}
+
+/// What a CDC task did until it stopped.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CdcTaskSummary {
+    /// The initial load, if this run made it.
+    pub initial_load: Option<CopySummary>,
+    /// Where streaming started.
+    pub started_at: Lsn,
+    /// The checkpoint when the task stopped.
+    pub checkpoint: Option<Checkpoint>,
+    /// Transactions made durable at the target.
+    pub transactions: u64,
+    /// Transactions skipped because the target already held them.
+    pub skipped_transactions: u64,
+    /// Change rows made durable.
+    pub rows: u64,
+    /// Commit groups made durable (idle advances included).
+    pub groups: u64,
+}
+
+/// Runs CDC task `config` into `sink` until `cancel` fires or an error occurs.
+///
+/// 1. Creates the publication (`publish_via_partition_root`) if it is missing and reads the
+///    target's checkpoint ([`ChangeSink::checkpoint`]).
+/// 2. Without a checkpoint, (re)creates the slot exporting its snapshot, runs the initial load
+///    in that snapshot into [`ChangeSink::snapshot_sink`], and records the slot's consistent
+///    point as the checkpoint. A load interrupted before that is redone from scratch.
+/// 3. Streams from the checkpoint — the target's, never the slot's own position. A
+///    transaction whose commit LSN lies before the checkpoint is skipped. Whole transactions
+///    are gathered into commit groups; after [`ChangeSink::commit`] returns, the slot is
+///    acknowledged up to the group's end.
+///
+/// Large transactions are not streamed before they commit (`streaming` off): the server
+/// spills them to disk and sends them at commit, so the sink sees transactions one at a time
+/// in commit order. Memory stays bounded by [`CdcTaskConfig::batch`].
+///
+/// **Cancellation.** When `cancel` fires, the open group is abandoned (nothing of it is
+/// acknowledged) and the summary returned. Dropping the future instead is just as safe: the
+/// target commits groups atomically with their checkpoint, and a restart resumes from it.
+pub async fn run_cdc_task(
+    config: &CdcTaskConfig,
+    sink: &mut dyn ChangeSink,
+    cancel: CancellationToken,
+) -> Result<CdcTaskSummary> {
+    config.validate()?;
+    let mut summary = CdcTaskSummary::default();
+    let mut catalog = connect_sql(&config.source).await?;
+    if sink.needs_key() {
+        for table in &config.tables {
+            if !has_key(&mut catalog, table).await? {
+                return Err(Error::NoApplyKey {
+                    table: table.to_string(),
+                });
+            }
+        }
+    }
+    ensure_publication(&mut catalog, config).await?;
+
+    let prepared = tokio::select! {
+        prepared = prepare(config, sink, &mut catalog, &cancel) => prepared?,
+        () = cancel.cancelled() => None,
+    };
+    let Some(prepared) = prepared else {
+        return Ok(summary);
+    };
+    let Prepared {
+        client,
+        checkpoint,
+        load,
+    } = prepared;
+    summary.initial_load = load;
+    summary.started_at = checkpoint.lsn;
+    summary.checkpoint = Some(checkpoint);
+
+    let mut options = StreamOptions::new(
+        config.slot_name(),
+        vec![config.publication_name()],
+        checkpoint.lsn,
+    );
+    options.streaming = false;
+    let mut stream =
+        ChangeStream::start_on(client, &config.source, options, config.batch.clone()).await?;
+    let mut run = Run {
+        config,
+        checkpoint,
+        keys: KeyResolver {
+            connection: catalog,
+        },
+        transaction: None,
+        group: Group::default(),
+        last_idle: Instant::now(),
+    };
+    let result = run.stream(&mut stream, sink, &cancel, &mut summary).await;
+    summary.checkpoint = Some(run.checkpoint);
+    match result {
+        Ok(()) => {
+            let _ = stream.close().await;
+            Ok(summary)
+        }
+        Err(error) => {
+            let _ = sink.abort().await;
+            Err(error)
+        }
+    }
+}
+
+struct Prepared {
+    client: ReplicationClient,
+    checkpoint: Checkpoint,
+    load: Option<CopySummary>,
+}
+
+/// The checkpoint to stream from and a replication connection, after the initial load if
+/// the target has none; `None` if cancelled.
+async fn prepare(
+    config: &CdcTaskConfig,
+    sink: &mut dyn ChangeSink,
+    catalog: &mut PgConnection,
+    cancel: &CancellationToken,
+) -> Result<Option<Prepared>> {
+    let slot = config.slot_name();
+    if let Some(checkpoint) = sink.checkpoint().await? {
+        let started = Instant::now();
+        loop {
+            let info = slot_info(catalog, &slot).await?;
+            let Some(info) = info.filter(|info| info.wal_status.as_deref() != Some("lost")) else {
+                return Err(Error::SlotLost {
+                    slot,
+                    checkpoint: checkpoint.lsn,
+                });
+            };
+            if let Some(confirmed) = info.confirmed_flush_lsn
+                && confirmed > checkpoint.lsn
+            {
+                return Err(Error::SlotAhead {
+                    slot,
+                    confirmed,
+                    checkpoint: checkpoint.lsn,
+                });
+            }
+            if !info.active || started.elapsed() >= config.slot_wait {
+                break;
+            }
+            // A previous run that died may still hold it until the server notices.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!(task = %config.task_id, checkpoint = %checkpoint.lsn, "resuming from the target's checkpoint");
+        let client = ReplicationClient::connect(&config.source).await?;
+        return Ok(Some(Prepared {
+            client,
+            checkpoint,
+            load: None,
+        }));
+    }
+
+    // No checkpoint: a slot left by an interrupted initial load is useless (its snapshot is
+    // gone); start over.
+    let (created, snapshot, guard) = guarded_slot(config, catalog).await?;
+    tracing::info!(task = %config.task_id, consistent_point = %created.consistent_point, "initial load started");
+    let source = PostgresSource::connect_with(
+        config.source.sqlx_options(),
+        PostgresSourceConfig::default().with_snapshot(snapshot.name()),
+    )
+    .await
+    .map_err(|source| Error::Replicate {
+        what: "the initial load",
+        source,
+    })?;
+    let plan = CopyPlan::new(config.task_id.clone())
+        .with_tables(config.tables.iter().map(ToString::to_string))
+        .with_batch_rows(config.load_batch_rows)
+        .with_parallel_tables(config.load_parallel_tables);
+    let (progress, mut events) = tokio::sync::mpsc::channel(64);
+    let copy = copy_tables(
+        Arc::new(source),
+        sink.snapshot_sink(),
+        plan,
+        progress,
+        cancel.child_token(),
+    );
+    let drain = async { while events.recv().await.is_some() {} };
+    let (load, ()) = tokio::join!(copy, drain);
+    let load = match load {
+        Ok(load) => load,
+        Err(tidegate_replicate::Error::Cancelled) => return Ok(None),
+        Err(error) => {
+            return Err(Error::Replicate {
+                what: "the initial load",
+                source: error,
+            });
+        }
+    };
+    // Every reader has joined the snapshot and finished.
+    let client = snapshot.release();
+    let _ = sqlx::Connection::close(guard).await;
+    sink.snapshot_loaded(created.consistent_point, &load)
+        .await?;
+    tracing::info!(
+        task = %config.task_id,
+        rows = load.total_rows(),
+        tables = load.tables.len(),
+        "initial load complete"
+    );
+    Ok(Some(Prepared {
+        client,
+        checkpoint: Checkpoint::new(created.consistent_point, None),
+        load: Some(load),
+    }))
+}
+
+/// How often a slot is created again because a table was rewritten while it was created.
+const SLOT_ATTEMPTS: usize = 30;
+
+/// Creates the slot exporting its snapshot, with the tables locked in `ACCESS SHARE` mode by
+/// the returned connection (a transaction in that snapshot) until the load is over.
+///
+/// `TRUNCATE` and table rewrites are not MVCC-safe: one committed after the snapshot but
+/// before the load reads the table would make the load see the rewritten table instead of
+/// the snapshot's. The lock keeps them out during the load; one that slipped in between the
+/// slot's creation and the lock shows as a changed file node, and the slot is made again.
+async fn guarded_slot(
+    config: &CdcTaskConfig,
+    catalog: &mut PgConnection,
+) -> Result<(CreatedSlot, ExportedSnapshot, PgConnection)> {
+    let slot = config.slot_name();
+    for attempt in 1..=SLOT_ATTEMPTS {
+        if slot_info(catalog, &slot).await?.is_some() {
+            let mut client = ReplicationClient::connect(&config.source).await?;
+            match client.drop_slot(&slot, true).await {
+                Ok(()) | Err(Error::SlotNotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+            client.close().await;
+        }
+        // Everything connected first: the window between the two looks is kept short.
+        let mut guard = connect_sql(&config.source).await?;
+        let client = ReplicationClient::connect(&config.source).await?;
+        let before = file_nodes(catalog, &config.tables).await?;
+        let (created, snapshot) = client.create_slot_exporting_snapshot(&slot).await?;
+        let mut lock = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; \
+             LOCK TABLE ",
+            snapshot.name()
+        );
+        for (index, table) in config.tables.iter().enumerate() {
+            if index > 0 {
+                lock.push_str(", ");
+            }
+            lock.push_str(&qualified(table));
+        }
+        lock.push_str(" IN ACCESS SHARE MODE");
+        // The snapshot's name was checked by the replication layer; names are quoted.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+            .execute(&mut guard)
+            .await
+            .map_err(|source| Error::Sql {
+                what: "locking the tables for the initial load",
+                source,
+            })?;
+        if file_nodes(&mut guard, &config.tables).await? == before {
+            return Ok((created, snapshot, guard));
+        }
+        tracing::info!(task = %config.task_id, attempt, "a table was rewritten while the slot was created: creating it again");
+        drop(guard);
+        drop(snapshot);
+        tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
+    }
+    Err(Error::InvalidConfig {
+        reason: "the tables were truncated or rewritten every time the slot was created",
+    })
+}
+
+/// The file nodes of every leaf table (partitions included) of `tables`.
+async fn file_nodes(connection: &mut PgConnection, tables: &[TableRef]) -> Result<Vec<(i64, i64)>> {
+    let names: Vec<String> = tables.iter().map(qualified).collect();
+    sqlx::query_as(
+        "SELECT t.relid::oid::int8, coalesce(pg_relation_filenode(t.relid)::int8, 0) \
+         FROM unnest($1::text[]) AS n(name), pg_partition_tree(n.name::regclass) AS t \
+         WHERE t.isleaf ORDER BY 1",
+    )
+    .bind(names)
+    .fetch_all(connection)
+    .await
+    .map_err(|source| Error::Sql {
+        what: "reading the tables' file nodes",
+        source,
+    })
+}
+
+fn qualified(table: &TableRef) -> String {
+    format!(
+        "\"{}\".\"{}\"",
+        table.schema.replace('"', "\"\""),
+        table.name.replace('"', "\"\"")
+    )
+}
+
+async fn connect_sql(source: &ConnectConfig) -> Result<PgConnection> {
+    source
+        .sqlx_options()
+        .connect()
+        .await
+        .map_err(|source| Error::Sql {
+            what: "connecting to the source",
+            source,
+        })
+}
+
+/// Creates the task's publication if it is missing; refuses one that publishes other tables.
+async fn ensure_publication(catalog: &mut PgConnection, config: &CdcTaskConfig) -> Result<()> {
+    let name = config.publication_name();
+    let mut wanted = config.tables.clone();
+    wanted.sort();
+    wanted.dedup();
+    match publication_tables(catalog, &name).await? {
+        None => create_publication(catalog, &name, &PublicationTables::Tables(wanted)).await,
+        Some(existing) if existing == wanted => Ok(()),
+        Some(_) => Err(Error::InvalidConfig {
+            reason: "the task's publication exists and publishes other tables; \
+                     a task's tables cannot change once it started",
+        }),
+    }
+}
+
+/// Whether `table` has a key changes can be applied by.
+async fn has_key(catalog: &mut PgConnection, table: &TableRef) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT c.relreplident::text, \
+                EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_optional(catalog)
+    .await
+    .map_err(|source| Error::Sql {
+        what: "looking up the table's key",
+        source,
+    })?;
+    let Some(row) = row else {
+        return Err(Error::TableNotFound {
+            table: table.to_string(),
+        });
+    };
+    let read = |row: &sqlx::postgres::PgRow| -> sqlx::Result<(String, bool, bool)> {
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    };
+    let (identity, primary, index) = read(&row).map_err(|source| Error::Sql {
+        what: "looking up the table's key",
+        source,
+    })?;
+    Ok(match identity.as_str() {
+        "d" | "f" => primary,
+        "i" => index,
+        _ => false,
+    })
+}
+
+/// Resolves the key columns of described tables through the source catalog.
+struct KeyResolver {
+    connection: PgConnection,
+}
+
+impl KeyResolver {
+    async fn key(&mut self, schema: &RelationSchema) -> Result<Option<Vec<String>>> {
+        let flagged = || {
+            let key: Vec<String> = schema
+                .columns
+                .iter()
+                .filter(|column| column.is_key)
+                .map(|column| column.name.clone())
+                .collect();
+            (!key.is_empty()).then_some(key)
+        };
+        match schema.replica_identity {
+            ReplicaIdentity::Nothing => Ok(None),
+            // With FULL every column is flagged: the key is the primary key.
+            ReplicaIdentity::Full => {
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT a.attname::text FROM pg_index i \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                     WHERE i.indrelid = $1::int8::oid AND i.indisprimary \
+                     ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                )
+                .bind(i64::from(schema.oid))
+                .fetch_all(&mut self.connection)
+                .await
+                .map_err(|source| Error::Sql {
+                    what: "looking up the table's primary key",
+                    source,
+                })?;
+                Ok((!names.is_empty()).then_some(names))
+            }
+            _ => Ok(flagged()),
+        }
+    }
+}
+
+/// The commit group being gathered.
+#[derive(Debug, Default)]
+struct Group {
+    transactions: u64,
+    rows: u64,
+    /// When its first transaction committed.
+    since: Option<Instant>,
+    /// The end and commit LSN of its last transaction.
+    last: Option<(Lsn, Lsn)>,
+}
+
+/// The transaction being received: its commit LSN and whether the target holds it already.
+#[derive(Debug, Clone, Copy)]
+struct OpenTransaction {
+    skip: bool,
+}
+
+struct Run<'a> {
+    config: &'a CdcTaskConfig,
+    checkpoint: Checkpoint,
+    keys: KeyResolver,
+    transaction: Option<OpenTransaction>,
+    group: Group,
+    last_idle: Instant,
+}
+
+impl Run<'_> {
+    async fn stream(
+        &mut self,
+        stream: &mut ChangeStream,
+        sink: &mut dyn ChangeSink,
+        cancel: &CancellationToken,
+        summary: &mut CdcTaskSummary,
+    ) -> Result<()> {
+        let mut described: HashMap<u32, Arc<RelationSchema>> = HashMap::new();
+        loop {
+            let flush_at = match (self.transaction, self.group.since) {
+                (None, Some(since)) => Some(since + self.config.group_delay),
+                _ => None,
+            };
+            let event = tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    sink.abort().await?;
+                    return Ok(());
+                }
+                () = sleep_until(flush_at), if flush_at.is_some() => {
+                    self.flush(stream, sink, summary).await?;
+                    continue;
+                }
+                event = stream.next() => event?,
+            };
+            let Some(event) = event else {
+                return Err(Error::UnexpectedEvent {
+                    reason: "the server ended the replication stream",
+                });
+            };
+            match event {
+                ChangeEvent::Begin { commit_lsn, .. } => {
+                    let skip = commit_lsn < self.checkpoint.lsn;
+                    if skip {
+                        summary.skipped_transactions += 1;
+                        tracing::debug!(commit_lsn = %commit_lsn, checkpoint = %self.checkpoint.lsn, "transaction already at the target: skipped");
+                    }
+                    self.transaction = Some(OpenTransaction { skip });
+                }
+                ChangeEvent::Relation { schema, previous } => {
+                    let previous = previous.or_else(|| described.get(&schema.oid).cloned());
+                    let key = self.keys.key(&schema).await?;
+                    if key.is_none() && sink.needs_key() {
+                        return Err(Error::NoApplyKey {
+                            table: schema.table.to_string(),
+                        });
+                    }
+                    described.insert(schema.oid, Arc::clone(&schema));
+                    let description = TableDescription {
+                        schema,
+                        previous,
+                        key,
+                    };
+                    sink.relation(&description).await?;
+                }
+                ChangeEvent::Changes(batch) => {
+                    if batch.streamed {
+                        return Err(Error::UnexpectedEvent {
+                            reason: "a streamed transaction although streaming is off",
+                        });
+                    }
+                    match self.transaction {
+                        Some(OpenTransaction { skip: true }) => {}
+                        Some(OpenTransaction { skip: false }) => {
+                            self.group.rows += batch.batch.num_rows() as u64;
+                            sink.write(batch).await?;
+                        }
+                        None => {
+                            return Err(Error::UnexpectedEvent {
+                                reason: "changes outside a transaction",
+                            });
+                        }
+                    }
+                }
+                ChangeEvent::Commit {
+                    commit_lsn,
+                    end_lsn,
+                    ..
+                } => {
+                    let Some(transaction) = self.transaction.take() else {
+                        return Err(Error::UnexpectedEvent {
+                            reason: "a commit without a transaction",
+                        });
+                    };
+                    if !transaction.skip {
+                        self.group.transactions += 1;
+                        self.group.last = Some((end_lsn, commit_lsn));
+                        self.group.since.get_or_insert_with(Instant::now);
+                        if self.group.rows >= self.config.group_rows
+                            || self.group.transactions >= self.config.group_transactions
+                        {
+                            self.flush(stream, sink, summary).await?;
+                        }
+                    }
+                }
+                ChangeEvent::Keepalive { wal_end } => {
+                    if self.transaction.is_some() {
+                        continue;
+                    }
+                    if self.group.transactions > 0 {
+                        // The server had nothing more to send for now.
+                        self.flush(stream, sink, summary).await?;
+                    } else if let Some(interval) = self.config.idle_checkpoint
+                        && wal_end > self.checkpoint.lsn
+                        && self.last_idle.elapsed() >= interval
+                    {
+                        // Everything before `wal_end` was delivered or is not published.
+                        let group = CommitGroup {
+                            checkpoint: Checkpoint::new(wal_end, self.checkpoint.last_commit_lsn),
+                            transactions: 0,
+                            rows: 0,
+                        };
+                        sink.commit(&group).await?;
+                        self.durable(stream, &group, summary).await?;
+                        self.last_idle = Instant::now();
+                    }
+                }
+                ChangeEvent::StreamStart { .. }
+                | ChangeEvent::StreamStop { .. }
+                | ChangeEvent::StreamAbort { .. } => {
+                    return Err(Error::UnexpectedEvent {
+                        reason: "a streamed transaction although streaming is off",
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes the open group durable and acknowledges it.
+    async fn flush(
+        &mut self,
+        stream: &mut ChangeStream,
+        sink: &mut dyn ChangeSink,
+        summary: &mut CdcTaskSummary,
+    ) -> Result<()> {
+        let Some((end_lsn, commit_lsn)) = self.group.last else {
+            self.group = Group::default();
+            return Ok(());
+        };
+        let group = CommitGroup {
+            checkpoint: Checkpoint::new(end_lsn, Some(commit_lsn)),
+            transactions: self.group.transactions,
+            rows: self.group.rows,
+        };
+        sink.commit(&group).await?;
+        self.group = Group::default();
+        self.durable(stream, &group, summary).await
+    }
+
+    async fn durable(
+        &mut self,
+        stream: &mut ChangeStream,
+        group: &CommitGroup,
+        summary: &mut CdcTaskSummary,
+    ) -> Result<()> {
+        self.checkpoint = group.checkpoint;
+        summary.transactions += group.transactions;
+        summary.rows += group.rows;
+        summary.groups += 1;
+        tracing::debug!(
+            checkpoint = %group.checkpoint.lsn,
+            transactions = group.transactions,
+            rows = group.rows,
+            "commit group durable"
+        );
+        stream.acknowledge(group.checkpoint.lsn);
+        stream.send_status().await
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
