@@ -186,6 +186,8 @@ pub(crate) struct Shared {
     pub(crate) authz_lock: tokio::sync::Mutex<()>,
     pub(crate) sessions: sessions::Sessions,
     pub(crate) oidc: api::OidcState,
+    /// One AI assistant per configured region, sharing one HTTP client.
+    pub(crate) assistants: Vec<tidegate_assist::Assistant>,
     pub(crate) shutdown: CancellationToken,
     /// The private state directory of a control plane started without one; removed at
     /// shutdown, after the database is closed.
@@ -217,8 +219,20 @@ impl ControlPlane {
         for (i, _) in config.operator_tokens.iter().enumerate() {
             authz.add_operator(&api::operator_subject(i)).await?;
         }
+        let assistants = if config.assist.is_empty() {
+            Vec::new()
+        } else {
+            let http = tidegate_client::http_client(None)
+                .map_err(|e| Error::Tls(format!("the AI assist's HTTP client: {e}")))?;
+            config
+                .assist
+                .iter()
+                .map(|e| tidegate_assist::Assistant::new(e.clone(), http.clone()))
+                .collect()
+        };
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
+            assistants,
             oidc: api::OidcState::new(config.oidc.clone()),
             config,
             store: prepared.store,

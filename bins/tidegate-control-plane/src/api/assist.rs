@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tidegate_assist::{Assistant, SchemaMetadata};
+use tidegate_assist::SchemaMetadata;
 use tidegate_metadata::MetadataStore;
 use tidegate_proto::{Command, CommandOutcome, TableDescription};
 use tidegate_rbac::Action;
@@ -179,11 +179,14 @@ pub(crate) async fn describe(
     ctx.check(&caller, Action::DataAssetCreate, Some(&connection.space_id))
         .await?;
     let settings = shared.assist_settings().await?;
-    let endpoint = match (&settings.enabled, &settings.region) {
-        (true, Some(region)) => shared.config.assist.iter().find(|e| &e.region == region),
+    let assistant = match (&settings.enabled, &settings.region) {
+        (true, Some(region)) => shared
+            .assistants
+            .iter()
+            .find(|a| &a.endpoint().region == region),
         _ => None,
     };
-    let Some(endpoint) = endpoint else {
+    let Some(assistant) = assistant else {
         return Err(ApiError::conflict(
             "the AI assist is off for this tenant; a Data Admin turns it on with \
              PUT /api/v1/settings/assist",
@@ -196,7 +199,8 @@ pub(crate) async fn describe(
         ));
     }
     ctx.note(|n| {
-        n.detail = serde_json::json!({"gateway_id": gateway.id, "region": endpoint.region})
+        n.detail =
+            serde_json::json!({"gateway_id": gateway.id, "region": assistant.endpoint().region})
     });
     let spec = shared.spec(connection)?;
     let result = shared
@@ -223,8 +227,6 @@ pub(crate) async fn describe(
             ));
         }
     }
-    let http = tidegate_client::http_client(None).map_err(|e| ApiError::internal(e.to_string()))?;
-    let assistant = Assistant::new(endpoint.clone(), http);
     let schema = SchemaMetadata::from_descriptions(&tables, &BTreeMap::new());
     let suggestions = assistant.suggest(&schema).await.map_err(|e| match e {
         tidegate_assist::Error::Invalid(_) => ApiError::bad_request(e.to_string()),
@@ -232,7 +234,7 @@ pub(crate) async fn describe(
     })?;
     Ok(Json(DescribeAnswer {
         connection_id: id,
-        region: endpoint.region.clone(),
+        region: assistant.endpoint().region.clone(),
         tables: suggestions
             .tables
             .into_iter()
