@@ -365,3 +365,337 @@ async fn odbc_to_postgres_through_a_gateway() {
     assert!(!error.contains("wrong-password-canary"), "{error}");
     gateway.shutdown().await;
 }
+
+/// Polls `f` until it returns `Some`, for at most 30 s.
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(value) = f().await {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within 30 s");
+}
+
+/// Count and checksums of `orders`, for comparing source and target.
+fn orders_digest(pg: &PgServer, database: &str) -> String {
+    pg.execute(
+        database,
+        "SELECT count(*), coalesce(sum(id), 0), coalesce(sum(amount), 0), \
+         coalesce(sum(length(note)), 0) FROM orders",
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
+    let harness = Harness::start_with(|config| {
+        config.slot_check_interval = std::time::Duration::from_millis(200);
+        config.slot_retention_limit = 1;
+    })
+    .await;
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("src").unwrap();
+    pg.create_database("dst").unwrap();
+    pg.execute(
+        "src",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12, 2), note text);
+         INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, 1000) g;
+         CREATE TABLE other (id bigint PRIMARY KEY);",
+    )
+    .unwrap();
+    let (gateway_id, config, identity) = harness.enrolled("gw").await;
+    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
+    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+
+    let source = harness
+        .api
+        .post("/api/v1/connections", postgres_connection(&pg, "src"))
+        .await
+        .unwrap();
+    let target = harness
+        .api
+        .post("/api/v1/connections", postgres_connection(&pg, "dst"))
+        .await
+        .unwrap();
+    let task = harness
+        .api
+        .post(
+            "/api/v1/tasks",
+            json!({"name": "orders live", "gateway_id": gateway_id,
+                   "source_id": source["id"], "target_id": target["id"],
+                   "task_type": "change_data_capture",
+                   "tables": {"include": ["public.orders"]}}),
+        )
+        .await
+        .unwrap();
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let run = harness
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+        .await
+        .unwrap();
+    let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
+
+    // The initial load lands, then changes follow while the run keeps running.
+    let loaded = until("initial load reported", async || {
+        let run = harness.api.get(&run_path).await.unwrap();
+        (run["replication"]["phase"] == json!("Streaming")).then_some(run)
+    })
+    .await;
+    assert_eq!(loaded["state"], json!("Running"), "{loaded}");
+    assert_eq!(loaded["replication"]["load_rows"], json!(1000), "{loaded}");
+    pg.execute(
+        "src",
+        "INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1001, 1500) g;
+         UPDATE orders SET amount = amount + 1, note = note || ' changed' WHERE id % 7 = 0;
+         DELETE FROM orders WHERE id % 11 = 0;
+         INSERT INTO other VALUES (1);",
+    )
+    .unwrap();
+    let expected = orders_digest(&pg, "src");
+    until("changes applied", async || {
+        (orders_digest(&pg, "dst") == expected).then_some(())
+    })
+    .await;
+    let streaming = until("changes reported", async || {
+        let run = harness.api.get(&run_path).await.unwrap();
+        (run["replication"]["transactions"].as_u64() >= Some(1)).then_some(run)
+    })
+    .await;
+    assert_eq!(streaming["state"], json!("Running"), "{streaming}");
+    assert!(
+        streaming["replication"]["checkpoint_lsn"]
+            .as_str()
+            .unwrap()
+            .contains('/'),
+        "{streaming}"
+    );
+    assert!(
+        streaming["replication"]["lag_bytes"].is_u64(),
+        "{streaming}"
+    );
+    let untouched = pg
+        .execute(
+            "dst",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'other'",
+        )
+        .unwrap();
+    assert_eq!(
+        untouched.trim(),
+        "0",
+        "a table outside the selection was replicated"
+    );
+
+    // A running task's slot cannot be dropped: deleting the task is refused, nothing changes.
+    let refused = harness
+        .operator()
+        .delete(&format!("/api/v1/tasks/{task_id}"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("409") && refused.contains("stop it first"),
+        "{refused}"
+    );
+
+    // Stopped, the slot keeps WAL: the control plane inspects it and warns past the limit.
+    harness
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/stop"), json!({}))
+        .await
+        .unwrap();
+    let stopped = harness.wait_run_end(run["id"].as_str().unwrap()).await;
+    assert_eq!(stopped["state"], json!("Stopped"), "{stopped}");
+    pg.execute(
+        "src",
+        "INSERT INTO orders SELECT g, g * 1.25, 'late ' || g FROM generate_series(2001, 2300) g;
+         DELETE FROM orders WHERE id BETWEEN 100 AND 150;",
+    )
+    .unwrap();
+    let warned = until("slot warning", async || {
+        let run = harness.api.get(&run_path).await.unwrap();
+        run["replication"]["warning"].is_string().then_some(run)
+    })
+    .await;
+    let slot = &warned["replication"]["slot"];
+    assert_eq!(
+        slot["name"],
+        json!(format!("tidegate_{task_id}")),
+        "{warned}"
+    );
+    assert_eq!(slot["active"], json!(false), "{warned}");
+    assert!(slot["retained_bytes"].as_u64().unwrap() > 1, "{warned}");
+    assert!(
+        warned["replication"]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("bytes of WAL"),
+        "{warned}"
+    );
+
+    // Resumed, it catches up from the target's checkpoint: nothing lost, nothing twice.
+    harness
+        .api
+        .post(&format!("{run_path}/resume"), json!({}))
+        .await
+        .unwrap();
+    let expected = orders_digest(&pg, "src");
+    until("caught up after resume", async || {
+        (orders_digest(&pg, "dst") == expected).then_some(())
+    })
+    .await;
+    harness
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/stop"), json!({}))
+        .await
+        .unwrap();
+    harness.wait_run_end(run["id"].as_str().unwrap()).await;
+
+    // Deleting the task drops its slot and publication at the source.
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tidegate_%'";
+    let publications = "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'tidegate_%'";
+    assert_eq!(pg.execute("src", slots).unwrap().trim(), "1");
+    harness
+        .operator()
+        .delete(&format!("/api/v1/tasks/{task_id}"))
+        .await
+        .unwrap();
+    assert_eq!(pg.execute("src", slots).unwrap().trim(), "0");
+    assert_eq!(pg.execute("src", publications).unwrap().trim(), "0");
+    assert_eq!(
+        orders_digest(&pg, "dst"),
+        expected,
+        "the target was left alone"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
+    let harness = Harness::start().await;
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("src").unwrap();
+    pg.execute(
+        "src",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12, 2), note text);
+         INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, 100) g;",
+    )
+    .unwrap();
+    let (gateway_id, config, identity) = harness.enrolled("gw").await;
+    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
+    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let lake = tempfile::tempdir().unwrap();
+    let source = harness
+        .api
+        .post("/api/v1/connections", postgres_connection(&pg, "src"))
+        .await
+        .unwrap();
+    let target = harness
+        .api
+        .post(
+            "/api/v1/connections",
+            json!({"name": "lake", "kind": "local",
+                   "settings": {"root": lake.path().to_str().unwrap(), "prefix": "cdc"}}),
+        )
+        .await
+        .unwrap();
+    let create = |task_type: &'static str, target_id: serde_json::Value| {
+        json!({"name": harness.unique("changes"), "gateway_id": gateway_id,
+               "source_id": source["id"], "target_id": target_id,
+               "task_type": task_type, "tables": {"include": ["orders"]}})
+    };
+    let task = harness
+        .api
+        .post(
+            "/api/v1/tasks",
+            create("store_changes", target["id"].clone()),
+        )
+        .await
+        .unwrap();
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let run = harness
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+        .await
+        .unwrap();
+    let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
+    until("initial load", async || {
+        let run = harness.api.get(&run_path).await.unwrap();
+        (run["replication"]["phase"] == json!("Streaming")).then_some(())
+    })
+    .await;
+    pg.execute(
+        "src",
+        "UPDATE orders SET note = 'changed' WHERE id <= 10; DELETE FROM orders WHERE id > 90;",
+    )
+    .unwrap();
+    let manifests = lake
+        .path()
+        .join("cdc/_tidegate/cdc")
+        .join(&task_id)
+        .join("manifests");
+    let reported = until("changes stored", async || {
+        let run = harness.api.get(&run_path).await.unwrap();
+        (run["replication"]["rows"].as_u64() >= Some(20)).then_some(run)
+    })
+    .await;
+    assert_eq!(reported["replication"]["rows"], json!(20), "{reported}");
+    assert!(
+        std::fs::read_dir(&manifests).unwrap().count() >= 1,
+        "no manifest in {}",
+        manifests.display()
+    );
+    harness
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/stop"), json!({}))
+        .await
+        .unwrap();
+    let stopped = harness.wait_run_end(run["id"].as_str().unwrap()).await;
+    assert_eq!(stopped["state"], json!("Stopped"), "{stopped}");
+
+    // Each task type takes the targets it can write, and says so clearly otherwise.
+    let wrong = harness
+        .api
+        .post(
+            "/api/v1/tasks",
+            create("change_data_capture", target["id"].clone()),
+        )
+        .await
+        .unwrap();
+    let run = harness
+        .api
+        .post(
+            &format!("/api/v1/tasks/{}/runs", wrong["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let failed = harness.wait_run_end(run["id"].as_str().unwrap()).await;
+    assert_eq!(failed["state"], json!("Failed"), "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL targets only"),
+        "{failed}"
+    );
+    for id in [&task_id, wrong["id"].as_str().unwrap()] {
+        harness
+            .operator()
+            .delete(&format!("/api/v1/tasks/{id}"))
+            .await
+            .unwrap();
+    }
+    let slots = pg
+        .execute("src", "SELECT count(*) FROM pg_replication_slots")
+        .unwrap();
+    assert_eq!(slots.trim(), "0");
+    gateway.shutdown().await;
+}

@@ -23,6 +23,7 @@ mod api;
 mod parquet_key;
 mod sessions;
 mod setup;
+mod slots;
 mod tls;
 
 use std::fmt;
@@ -122,6 +123,12 @@ pub struct ControlPlaneConfig {
     /// The OpenAI-compatible endpoints of the AI assist, one per region. A tenant uses one only
     /// once a Data Admin turned the assist on and chose its region.
     pub assist: Vec<tidegate_assist::AssistEndpoint>,
+    /// How often the replication slots of stopped and failed change data capture tasks are
+    /// inspected through their gateways. Default 60 s.
+    pub slot_check_interval: Duration,
+    /// A stopped or failed change data capture task whose slot retains more WAL than this
+    /// (bytes) gets a warning on its run and in the log. Default 1 GiB.
+    pub slot_retention_limit: u64,
 }
 
 impl fmt::Debug for ControlPlaneConfig {
@@ -145,6 +152,8 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("oidc", &self.oidc)
             .field("oidc_auto_create", &self.oidc_auto_create)
             .field("assist", &self.assist)
+            .field("slot_check_interval", &self.slot_check_interval)
+            .field("slot_retention_limit", &self.slot_retention_limit)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +175,8 @@ impl ControlPlaneConfig {
             oidc: None,
             oidc_auto_create: false,
             assist: Vec::new(),
+            slot_check_interval: Duration::from_secs(60),
+            slot_retention_limit: 1 << 30,
         }
     }
 }
@@ -245,6 +256,7 @@ impl ControlPlane {
             shutdown: shutdown.clone(),
             temp_dir: Mutex::new(prepared.temp_dir),
         });
+        tokio::spawn(slots::watch(shared.clone()));
         let router = api::router(shared.clone());
         let task = tokio::spawn(tls::serve(
             listener,

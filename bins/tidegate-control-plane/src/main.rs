@@ -70,6 +70,8 @@ struct FileConfig {
     bootstrap_admin: Option<String>,
     bootstrap_admin_password_file: Option<PathBuf>,
     session_ttl_s: Option<u64>,
+    slot_check_interval_s: Option<u64>,
+    slot_retention_limit_bytes: Option<u64>,
     oidc: Option<OidcFile>,
     /// `[[assist]]` tables: the AI assist's endpoints, one per region.
     #[serde(default)]
@@ -167,6 +169,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(s) = file.session_ttl_s {
         config.session_ttl = Duration::from_secs(s.max(60));
+    }
+    if let Some(s) = file.slot_check_interval_s {
+        config.slot_check_interval = Duration::from_secs(s.max(1));
+    }
+    if let Some(bytes) = file.slot_retention_limit_bytes {
+        config.slot_retention_limit = bytes;
     }
 
     config.state_dir = args.state_dir.or(file.state_dir);

@@ -9,9 +9,12 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use bytes::Bytes;
 use tidegate_channel::ChannelBinding;
 use tidegate_link::{Admission, ControlPlaneHandshake, LinkConfig, TransportError};
-use tidegate_metadata::{GatewayRecord, GatewayState, MetadataStore, TableRun, TaskState};
+use tidegate_metadata::{
+    GatewayRecord, GatewayState, MetadataStore, RunReplication, TableRun, TaskState,
+};
 use tidegate_proto::{
-    Command, CommandId, CommandResult, Goodbye, Heartbeat, Message, Refusal, RefusalReason,
+    Command, CommandId, CommandResult, Goodbye, Heartbeat, Message, ProtocolVersion, Refusal,
+    RefusalReason,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +30,7 @@ pub(crate) struct Outbound {
 #[derive(Debug)]
 struct Handle {
     connection: u64,
+    version: ProtocolVersion,
     commands: mpsc::Sender<Outbound>,
 }
 
@@ -49,6 +53,11 @@ impl Sessions {
     /// Whether the gateway holds a link to this control plane now.
     pub(crate) fn is_online(&self, gateway_id: &str) -> bool {
         self.lock().contains_key(gateway_id)
+    }
+
+    /// The protocol version of the gateway's link to this control plane, if it has one.
+    pub(crate) fn version(&self, gateway_id: &str) -> Option<ProtocolVersion> {
+        self.lock().get(gateway_id).map(|h| h.version)
     }
 
     /// Cuts the gateway's link to this control plane, if it has one: its session ends at its
@@ -170,6 +179,7 @@ pub(crate) async fn run(
         gateway_id.clone(),
         Handle {
             connection,
+            version,
             commands: commands_tx,
         },
     );
@@ -203,8 +213,21 @@ pub(crate) async fn run(
                             let _ = reply.send(result);
                         }
                     }
-                    Message::TaskStatus(status) => apply_status(&shared, status).await,
-                    Message::Progress(progress) => apply_progress(&shared, progress).await,
+                    Message::TaskStatus(status) => {
+                        if owns_run(&shared, &gateway_id, &status.task_id, &status.run_id).await {
+                            apply_status(&shared, status).await;
+                        }
+                    }
+                    Message::Progress(progress) => {
+                        if owns_run(&shared, &gateway_id, &progress.task_id, &progress.run_id).await {
+                            apply_progress(&shared, progress).await;
+                        }
+                    }
+                    Message::Replication(report) => {
+                        if owns_run(&shared, &gateway_id, &report.task_id, &report.run_id).await {
+                            apply_replication(&shared, report).await;
+                        }
+                    }
                     Message::Metrics(metrics) => seen(&shared, &gateway_id, Some(&metrics)).await,
                     Message::Error(report) => {
                         tracing::warn!(message = "gateway reported an error", gateway = %gateway_id, code = ?report.code, error = %report.message);
@@ -277,6 +300,56 @@ async fn seen(shared: &Shared, gateway_id: &str, metrics: Option<&tidegate_proto
         .await
     {
         tracing::warn!(message = "gateway heartbeat not recorded", gateway = %gateway_id, %error);
+    }
+}
+
+/// Whether run `run_id` of task `task_id` is one the gateway was given: a gateway reports
+/// on its own tasks only, never on another gateway's.
+async fn owns_run(shared: &Shared, gateway_id: &str, task_id: &str, run_id: &str) -> bool {
+    let owned = match shared.store.task(task_id).await {
+        Ok(task) => task.gateway_id == gateway_id && task.tenant_id == shared.tenant_id,
+        Err(_) => false,
+    } && shared
+        .store
+        .run(run_id)
+        .await
+        .is_ok_and(|run| run.task_id == task_id);
+    if !owned {
+        tracing::warn!(message = "report on a run this gateway was not given; ignored", gateway = %gateway_id, task = %task_id, run = %run_id);
+    }
+    owned
+}
+
+/// Keeps where a change data capture run stands, as its gateway reports it.
+async fn apply_replication(shared: &Shared, report: tidegate_proto::ReplicationReport) {
+    let run = match shared.store.run(&report.run_id).await {
+        Ok(run) => run,
+        Err(error) => {
+            tracing::warn!(message = "replication report for an unknown run", run = %report.run_id, %error);
+            return;
+        }
+    };
+    let replication = RunReplication {
+        phase: Some(report.phase),
+        checkpoint_lsn: Some(report.checkpoint_lsn),
+        source_lsn: Some(report.source_lsn),
+        lag_bytes: report.lag_bytes,
+        lag_ms: report.lag_ms,
+        load_rows: report.load_rows,
+        transactions: report.transactions,
+        rows: report.rows,
+        reported_at_ms: Some(crate::api::now_ms()),
+        // The slot is in use while the run reports: what an earlier inspection saw is stale.
+        slot: None,
+        slot_checked_at_ms: None,
+        warning: None,
+    };
+    if let Err(error) = shared
+        .store
+        .record_run_replication(&run.id, &replication)
+        .await
+    {
+        tracing::warn!(message = "run replication not recorded", run = %run.id, %error);
     }
 }
 

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cdc;
 mod connect;
 pub mod identity;
 mod runner;
@@ -27,7 +28,7 @@ pub use identity::Identity;
 use tidegate_auth::IdentityKey;
 use tidegate_proto::{
     Command, CommandId, CommandOutcome, CommandResult, ErrorCode, Goodbye, Heartbeat, Message,
-    TaskSpec,
+    TaskKind, TaskSpec,
 };
 pub use tls::ClientTls;
 use tokio::sync::{mpsc, watch};
@@ -477,11 +478,38 @@ impl Worker {
             Command::ReloadTask(spec) => answer(Err(runner::report(
                 ErrorCode::InvalidRequest,
                 format!(
-                    "task {}: a full load cannot change while it runs; stop it and start it again",
+                    "task {}: a running task cannot change; stop it and start it again",
                     spec.task_id
                 ),
                 false,
             ))),
+            Command::InspectReplication { task_id, source } => {
+                let events = events.clone();
+                tokio::spawn(async move {
+                    let outcome = cdc::inspect(&task_id, &source).await;
+                    let _ = events
+                        .send(Message::CommandResult(CommandResult { id, outcome }))
+                        .await;
+                });
+                None
+            }
+            Command::DropReplication { task_id, source } => {
+                if self.tasks.contains_key(&task_id) {
+                    return answer(Err(runner::report(
+                        ErrorCode::AlreadyRunning,
+                        format!("task {task_id} is running on this gateway; stop it first"),
+                        false,
+                    )));
+                }
+                let events = events.clone();
+                tokio::spawn(async move {
+                    let outcome = cdc::drop_replication(&task_id, &source).await;
+                    let _ = events
+                        .send(Message::CommandResult(CommandResult { id, outcome }))
+                        .await;
+                });
+                None
+            }
             Command::TestConnection(spec) => {
                 let events = events.clone();
                 tokio::spawn(async move {
@@ -530,9 +558,15 @@ impl Worker {
         let run_id = spec.run_id.clone();
         tracing::info!(message = "starting task", task = %task_id, run = %run_id);
         let totals = self.totals.clone();
-        let run = runner::run_full_load(spec, events.clone(), cancel.clone());
+        let (events, token) = (events.clone(), cancel.clone());
         let handle = tokio::spawn(async move {
-            let (_, rows, bytes) = run.await;
+            let (rows, bytes) = match spec.kind {
+                TaskKind::FullLoad => {
+                    let (_, rows, bytes) = runner::run_full_load(spec, events, token).await;
+                    (rows, bytes)
+                }
+                _ => (cdc::run_cdc(spec, events, token).await.1, 0),
+            };
             totals
                 .rows
                 .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);

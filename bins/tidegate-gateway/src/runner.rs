@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use tidegate_proto::{
@@ -93,6 +94,38 @@ pub(crate) async fn open_source(spec: &ConnectionSpec) -> Result<Arc<dyn Source>
 
 /// Opens a sink from a target spec: Parquet on a directory or S3, or PostgreSQL tables.
 pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, ErrorReport> {
+    if let Some((store, prefix)) = object_target(spec)? {
+        return Ok(Arc::new(ParquetSink::new(
+            store,
+            prefix,
+            parquet_config(spec)?,
+        )));
+    }
+    match spec.kind.as_str() {
+        "postgres" => {
+            let mut config = PostgresSinkConfig::default();
+            config.schema = spec.settings.get("schema").cloned();
+            let sink = PostgresSink::connect_with(postgres_options(spec)?, config, 4)
+                .await
+                .map_err(|e| source_error(&e))?;
+            Ok(Arc::new(sink))
+        }
+        other => Err(report(
+            ErrorCode::InvalidRequest,
+            format!(
+                "connection {}: {other:?} is not a target kind this gateway writes",
+                spec.id
+            ),
+            false,
+        )),
+    }
+}
+
+/// An object store and the prefix under it that a target writes to.
+pub(crate) type ObjectTarget = (Arc<dyn ObjectStore>, StorePath);
+
+/// The object store and prefix of an `s3` or `local` target; `None` for other kinds.
+pub(crate) fn object_target(spec: &ConnectionSpec) -> Result<Option<ObjectTarget>, ErrorReport> {
     match spec.kind.as_str() {
         "s3" => {
             let bucket = setting(spec, "bucket")?;
@@ -118,19 +151,7 @@ pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, Er
             };
             let target = open_store(&format!("s3://{bucket}/{prefix}"), &options)
                 .map_err(|e| source_error(&e))?;
-            Ok(Arc::new(ParquetSink::new(
-                target.store,
-                target.prefix,
-                parquet_config(spec)?,
-            )))
-        }
-        "postgres" => {
-            let mut config = PostgresSinkConfig::default();
-            config.schema = spec.settings.get("schema").cloned();
-            let sink = PostgresSink::connect_with(postgres_options(spec)?, config, 4)
-                .await
-                .map_err(|e| source_error(&e))?;
-            Ok(Arc::new(sink))
+            Ok(Some((target.store, target.prefix)))
         }
         "local" => {
             let root = setting(spec, "root")?;
@@ -157,27 +178,16 @@ pub(crate) async fn open_sink(spec: &ConnectionSpec) -> Result<Arc<dyn Sink>, Er
             }
             let prefix = StorePath::parse(prefix)
                 .map_err(|_| invalid(spec, "the prefix is not a valid object path"))?;
-            Ok(Arc::new(ParquetSink::new(
-                Arc::new(store),
-                prefix,
-                parquet_config(spec)?,
-            )))
+            Ok(Some((Arc::new(store), prefix)))
         }
-        other => Err(report(
-            ErrorCode::InvalidRequest,
-            format!(
-                "connection {}: {other:?} is not a target kind this gateway writes",
-                spec.id
-            ),
-            false,
-        )),
+        _ => Ok(None),
     }
 }
 
 /// The Parquet settings of an object-storage target: with `encryption = tenant`, modular
 /// encryption under the tenant's key, which the control plane hands over in the run's command
 /// (secret `parquet_key`, base64; setting `parquet_key_id`) and which lives in memory only.
-fn parquet_config(spec: &ConnectionSpec) -> Result<ParquetSinkConfig, ErrorReport> {
+pub(crate) fn parquet_config(spec: &ConnectionSpec) -> Result<ParquetSinkConfig, ErrorReport> {
     use base64::Engine;
     match spec.settings.get("encryption").map(String::as_str) {
         None | Some("") => Ok(ParquetSinkConfig::default()),
@@ -202,7 +212,7 @@ fn parquet_config(spec: &ConnectionSpec) -> Result<ParquetSinkConfig, ErrorRepor
     }
 }
 
-fn invalid(spec: &ConnectionSpec, what: &str) -> ErrorReport {
+pub(crate) fn invalid(spec: &ConnectionSpec, what: &str) -> ErrorReport {
     report(
         ErrorCode::InvalidRequest,
         format!("connection {}: {what}", spec.id),
@@ -213,7 +223,7 @@ fn invalid(spec: &ConnectionSpec, what: &str) -> ErrorReport {
 /// PostgreSQL connect options from a connection's settings (`host`, `port`, `database`,
 /// `user`, `sslmode`, `ca_pem`) and secrets (`password`). No URL is built, so the password
 /// never sits in a string that could be logged.
-fn postgres_options(spec: &ConnectionSpec) -> Result<PgConnectOptions, ErrorReport> {
+pub(crate) fn postgres_options(spec: &ConnectionSpec) -> Result<PgConnectOptions, ErrorReport> {
     let port = match spec.settings.get("port") {
         Some(port) => port
             .parse()
@@ -292,7 +302,7 @@ fn odbc_connection_string(spec: &ConnectionSpec) -> Result<String, ErrorReport> 
     Ok(builder.finish())
 }
 
-fn setting<'a>(spec: &'a ConnectionSpec, name: &str) -> Result<&'a str, ErrorReport> {
+pub(crate) fn setting<'a>(spec: &'a ConnectionSpec, name: &str) -> Result<&'a str, ErrorReport> {
     spec.settings
         .get(name)
         .map(String::as_str)
@@ -370,6 +380,16 @@ pub(crate) fn selected(selection: &TableSelection, schema: &str, name: &str) -> 
         && !selection.exclude.iter().any(hit)
 }
 
+/// A run's change of state, as reported to the control plane.
+pub(crate) fn status(spec: &TaskSpec, state: TaskState, error: Option<ErrorReport>) -> Message {
+    Message::TaskStatus(TaskStatus {
+        task_id: spec.task_id.clone(),
+        run_id: spec.run_id.clone(),
+        state,
+        error,
+    })
+}
+
 /// Runs a full load and reports its life cycle on `events`. Never panics on task errors: every
 /// failure becomes a `Failed` status with a message that names objects, not values.
 pub(crate) async fn run_full_load(
@@ -377,14 +397,7 @@ pub(crate) async fn run_full_load(
     events: mpsc::Sender<Message>,
     cancel: CancellationToken,
 ) -> (TaskState, u64, u64) {
-    let status = |state, error| {
-        Message::TaskStatus(TaskStatus {
-            task_id: spec.task_id.clone(),
-            run_id: spec.run_id.clone(),
-            state,
-            error,
-        })
-    };
+    let status = |state, error| status(&spec, state, error);
     let _ = events.send(status(TaskState::Running, None)).await;
     let result = copy(&spec, &events, &cancel).await;
     let (state, error, rows, bytes) = match result {

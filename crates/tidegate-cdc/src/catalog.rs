@@ -154,6 +154,9 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
     pub wal_status: Option<String>,
+    /// Bytes of WAL the slot keeps the server from removing (from its restart position to
+    /// the server's current one).
+    pub retained_bytes: Option<u64>,
 }
 
 /// Looks up slot `name`; `None` if it does not exist.
@@ -164,7 +167,9 @@ pub async fn slot_info(connection: &mut PgConnection, name: &str) -> Result<Opti
     };
     let row = sqlx::query(
         "SELECT slot_name::text, plugin::text, database::text, active, restart_lsn::text, \
-                confirmed_flush_lsn::text, wal_status::text \
+                confirmed_flush_lsn::text, wal_status::text, \
+                pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+                                     ELSE pg_current_wal_lsn() END, restart_lsn)::int8 \
          FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(name)
@@ -187,6 +192,10 @@ pub async fn slot_info(connection: &mut PgConnection, name: &str) -> Result<Opti
         restart_lsn: lsn(4).map_err(error)?,
         confirmed_flush_lsn: lsn(5).map_err(error)?,
         wal_status: row.try_get(6).map_err(error)?,
+        retained_bytes: row
+            .try_get::<Option<i64>, _>(7)
+            .map_err(error)?
+            .map(|bytes| u64::try_from(bytes).unwrap_or(0)),
     }))
 }
 

@@ -70,6 +70,9 @@ pub struct ConnectConfig {
     /// PEM file of the roots to check the server's certificate against; the system's roots
     /// when `None`.
     pub ssl_root_cert: Option<PathBuf>,
+    /// The roots as PEM text, for callers that hold them in memory (a gateway keeps nothing
+    /// on disk); used instead of [`ssl_root_cert`](Self::ssl_root_cert) when set.
+    pub ssl_root_cert_pem: Option<Vec<u8>>,
     /// Shown in `pg_stat_activity` and `pg_stat_replication`. Default `tidegate`.
     pub application_name: String,
     /// How long connecting (TCP, TLS and authentication) may take. Default 30 s.
@@ -87,6 +90,7 @@ impl fmt::Debug for ConnectConfig {
             .field("password", &"<redacted>")
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("ssl_root_cert_pem", &self.ssl_root_cert_pem.is_some())
             .field("application_name", &self.application_name)
             .finish_non_exhaustive()
     }
@@ -123,22 +127,13 @@ impl ConnectConfig {
         }
         let password = Zeroizing::new(decode(url.password().unwrap_or(""))?);
         let database = decode(url.path().trim_start_matches('/'))?;
-        let mut config = Self {
-            host,
-            port: url.port().unwrap_or(5432),
-            database: if database.is_empty() {
-                user.clone()
-            } else {
-                database
-            },
-            user,
-            password,
-            ssl_mode: SslMode::default(),
-            ssl_root_cert: None,
-            application_name: "tidegate".to_owned(),
-            connect_timeout: Duration::from_secs(30),
-            max_message_bytes: 256 << 20,
+        let database = if database.is_empty() {
+            user.clone()
+        } else {
+            database
         };
+        let mut config = Self::new(host, url.port().unwrap_or(5432), user, database);
+        config.password = password;
         for (key, value) in url.query_pairs() {
             match &*key {
                 "sslmode" => config.ssl_mode = value.parse()?,
@@ -154,6 +149,29 @@ impl ConnectConfig {
             }
         }
         Ok(config)
+    }
+
+    /// A config for `user` on `host:port/database` without a password, with the defaults
+    /// [`from_url`](Self::from_url) uses (`sslmode=prefer`).
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        database: impl Into<String>,
+    ) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            user: user.into(),
+            password: Zeroizing::new(String::new()),
+            database: database.into(),
+            ssl_mode: SslMode::default(),
+            ssl_root_cert: None,
+            ssl_root_cert_pem: None,
+            application_name: "tidegate".to_owned(),
+            connect_timeout: Duration::from_secs(30),
+            max_message_bytes: 256 << 20,
+        }
     }
 
     /// Replaces the password.
@@ -189,7 +207,9 @@ impl ConnectConfig {
             .database(&self.database)
             .ssl_mode(ssl_mode)
             .application_name(&self.application_name);
-        if let Some(root) = &self.ssl_root_cert {
+        if let Some(pem) = &self.ssl_root_cert_pem {
+            options = options.ssl_root_cert_from_pem(pem.clone());
+        } else if let Some(root) = &self.ssl_root_cert {
             options = options.ssl_root_cert(root);
         }
         options

@@ -184,6 +184,13 @@ pub enum Error {
         checkpoint: crate::lsn::Lsn,
     },
 
+    /// The slot is in use by a connection (a task still running): it cannot be dropped.
+    #[error("replication slot {slot:?} is in use; stop the task before dropping it")]
+    SlotActive {
+        /// The slot.
+        slot: String,
+    },
+
     /// A table of the task does not exist at the source.
     #[error("table {table} does not exist at the source")]
     TableNotFound {
@@ -295,7 +302,7 @@ impl Error {
                 source,
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
             ),
-            Error::ObjectStore { .. } => true,
+            Error::ObjectStore { .. } | Error::SlotActive { .. } => true,
             // 08: connection exception, 53: insufficient resources, 57: operator intervention
             // (shutdown, admin termination), 55006: object in use (a slot active elsewhere).
             Error::Server { code, .. } => {

@@ -137,6 +137,12 @@
 //! * a `TRUNCATE` naming a partition directly is not published through the root (PostgreSQL's
 //!   behaviour), so it does not reach the target.
 //!
+//! **Watching and cleaning up.** [`run_cdc_task_with_progress`] publishes a [`CdcProgress`]
+//! (phase, the target's checkpoint, the server's position, the commit time of the oldest
+//! transaction not yet durable) on a watch channel, from which lag in bytes and time follow.
+//! A stopped task keeps its slot, which keeps WAL at the source: [`cdc_task_slot`] reports how
+//! much, and [`drop_cdc_task`] drops the slot and the publication once the task is gone.
+//!
 //! **Clear errors.** The slot dropped behind the task's back ([`Error::SlotLost`]), a slot
 //! confirmed past the target ([`Error::SlotAhead`]), a target changed behind the task's back
 //! ([`Error::TargetDiverged`]): each names the slot, table and positions, never a value.
@@ -233,7 +239,10 @@ pub use crate::store::{
     CHANGE_MANIFEST_VERSION, COMMIT_LSN_COLUMN, ChangeManifest, ManifestFile, StoreChangesSink,
     StoreSinkConfig, TableVersion,
 };
-pub use crate::task::{CdcTaskConfig, CdcTaskSummary, run_cdc_task};
+pub use crate::task::{
+    CdcPhase, CdcProgress, CdcTaskConfig, CdcTaskSummary, cdc_task_slot, drop_cdc_task,
+    run_cdc_task, run_cdc_task_with_progress,
+};
 
 // Crates that appear in the public API, re-exported so callers use the same versions.
 pub use arrow;

@@ -12,7 +12,6 @@ use object_store::buffered::BufWriter;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tidegate_replicate::{CopySummary, ParquetSink, ParquetSinkConfig, Sink, TableRef};
@@ -34,7 +33,8 @@ pub const CHANGE_MANIFEST_VERSION: u32 = 1;
 pub struct StoreSinkConfig {
     /// The task whose manifests this sink keeps.
     pub task_id: String,
-    /// How the initial load is written.
+    /// How the initial load is written; change files take its compression and modular
+    /// encryption too.
     pub snapshot: ParquetSinkConfig,
     /// Rows per row group of a change file (bounds the memory an open file holds). Default
     /// 65,536.
@@ -265,11 +265,18 @@ impl StoreChangesSink {
                     .count();
             let path = self.file_path(&relation.table, version, index)?;
             let schema = file_schema(&relation.schema);
+            // Change files are compressed and encrypted as the initial load's files are.
             let properties = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_compression(self.config.snapshot.compression())
                 .set_max_row_group_row_count(Some(self.config.row_group_rows.max(1)))
-                .set_created_by(concat!("tidegate-cdc ", env!("CARGO_PKG_VERSION")).to_owned())
-                .build();
+                .set_created_by(concat!("tidegate-cdc ", env!("CARGO_PKG_VERSION")).to_owned());
+            let properties = match self.config.snapshot.encryption() {
+                Some(encryption) => {
+                    properties.with_file_encryption_properties(Arc::clone(encryption))
+                }
+                None => properties,
+            }
+            .build();
             let upload = BufWriter::new(Arc::clone(&self.store), path.clone());
             let writer = AsyncArrowWriter::try_new(upload, Arc::clone(&schema), Some(properties))
                 .map_err(|source| Error::Parquet {

@@ -12,9 +12,13 @@ use tidegate_replicate::{
     CancellationToken, CopyPlan, CopySummary, PostgresSource, PostgresSourceConfig, TableRef,
     copy_tables,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::catalog::{PublicationTables, create_publication, publication_tables, slot_info};
+use crate::catalog::{
+    PublicationTables, SlotInfo, create_publication, drop_publication, drop_slot,
+    publication_tables, slot_info,
+};
 use crate::changes::{BatchConfig, ChangeEvent, RelationSchema};
 use crate::config::ConnectConfig;
 use crate::error::{Error, Result};
@@ -100,7 +104,7 @@ impl CdcTaskConfig {
         self
     }
 
-    /// The replication slot's name.
+    /// The replication slot's name: `tidegate_` and the task id.
     pub fn slot_name(&self) -> String {
         format!("tidegate_{}", self.task_id)
     }
@@ -111,15 +115,8 @@ impl CdcTaskConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let id_ok = !self.task_id.is_empty()
-            && self.task_id.len() <= MAX_TASK_ID
-            && self
-                .task_id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        let reason = if !id_ok {
-            "a task id is 1 to 48 lowercase ASCII letters, digits and underscores"
-        } else if self.tables.is_empty() {
+        check_task_id(&self.task_id)?;
+        let reason = if self.tables.is_empty() {
             "a CDC task needs at least one table"
         } else if self.group_rows == 0 || self.group_transactions == 0 {
             "group_rows and group_transactions must be at least 1"
@@ -130,6 +127,60 @@ impl CdcTaskConfig {
         };
         Err(Error::InvalidConfig { reason })
     }
+}
+
+fn check_task_id(task_id: &str) -> Result<()> {
+    let id_ok = !task_id.is_empty()
+        && task_id.len() <= MAX_TASK_ID
+        && task_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if id_ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            reason: "a task id is 1 to 48 lowercase ASCII letters, digits and underscores",
+        })
+    }
+}
+
+/// The slot of CDC task `task_id` at `source` (how much WAL it holds back, whether a
+/// connection streams from it), or `None` if it does not exist.
+pub async fn cdc_task_slot(source: &ConnectConfig, task_id: &str) -> Result<Option<SlotInfo>> {
+    check_task_id(task_id)?;
+    let mut catalog = connect_sql(source).await?;
+    let info = slot_info(&mut catalog, &format!("tidegate_{task_id}")).await;
+    let _ = sqlx::Connection::close(catalog).await;
+    info
+}
+
+/// Drops the replication slot and the publication of CDC task `task_id` at `source`, so the
+/// server stops keeping WAL for it; what exists of the two is dropped, what does not is
+/// skipped. A slot in use (the task still running) is refused with [`Error::SlotActive`].
+/// The target, its data and its checkpoint are left alone. Returns whether the slot existed.
+pub async fn drop_cdc_task(source: &ConnectConfig, task_id: &str) -> Result<bool> {
+    check_task_id(task_id)?;
+    let name = format!("tidegate_{task_id}");
+    let mut catalog = connect_sql(source).await?;
+    let existed = match slot_info(&mut catalog, &name).await? {
+        Some(info) if info.active => return Err(Error::SlotActive { slot: name }),
+        Some(_) => drop_slot(&mut catalog, &name)
+            .await
+            .map_err(|error| match error {
+                // It became active in between.
+                Error::Sql {
+                    source: sqlx::Error::Database(ref database),
+                    ..
+                } if database.code().as_deref() == Some("55006") => {
+                    Error::SlotActive { slot: name.clone() }
+                }
+                other => other,
+            })?,
+        None => false,
+    };
+    drop_publication(&mut catalog, &name).await?;
+    let _ = sqlx::Connection::close(catalog).await;
+    Ok(existed)
 }
 
 /// What a CDC task did until it stopped.
@@ -150,6 +201,60 @@ pub struct CdcTaskSummary {
     pub rows: u64,
     /// Commit groups made durable (idle advances included).
     pub groups: u64,
+}
+
+/// Where a running CDC task stands, published while it runs
+/// ([`run_cdc_task_with_progress`]). Positions and counts only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CdcProgress {
+    /// What the task is doing.
+    pub phase: CdcPhase,
+    /// The position the target holds (its checkpoint).
+    pub checkpoint: Lsn,
+    /// The source server's WAL position as last reported by it.
+    pub server_lsn: Lsn,
+    /// When the oldest transaction received but not yet durable at the target committed at
+    /// the source, in microseconds since the Unix epoch; `None` when there is none.
+    pub pending_since_micros: Option<i64>,
+    /// Transactions made durable at the target by this run.
+    pub transactions: u64,
+    /// Change rows made durable at the target by this run.
+    pub rows: u64,
+    /// Rows of the initial load, once it completed in this run.
+    pub load_rows: u64,
+}
+
+impl CdcProgress {
+    /// WAL bytes between the target's checkpoint and the source's position: what the target
+    /// still lacks, unpublished changes included.
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_lsn
+            .as_u64()
+            .saturating_sub(self.checkpoint.as_u64())
+    }
+
+    /// How long the oldest transaction not yet durable at the target has been committed at
+    /// the source, at `now_micros` (Unix microseconds); zero when every transaction received
+    /// is durable.
+    pub fn lag(&self, now_micros: i64) -> Duration {
+        self.pending_since_micros.map_or(Duration::ZERO, |since| {
+            Duration::from_micros(u64::try_from(now_micros.saturating_sub(since)).unwrap_or(0))
+        })
+    }
+}
+
+/// The phases of a CDC task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CdcPhase {
+    /// Checking the source and the target, creating the publication and the slot.
+    #[default]
+    Starting,
+    /// Copying the tables as of the slot's snapshot.
+    InitialLoad,
+    /// Receiving changes and making them durable at the target.
+    Streaming,
 }
 
 /// Runs CDC task `config` into `sink` until `cancel` fires or an error occurs.
@@ -176,7 +281,20 @@ pub async fn run_cdc_task(
     sink: &mut dyn ChangeSink,
     cancel: CancellationToken,
 ) -> Result<CdcTaskSummary> {
+    let (progress, _) = watch::channel(CdcProgress::default());
+    run_cdc_task_with_progress(config, sink, cancel, &progress).await
+}
+
+/// [`run_cdc_task`], publishing where the task stands on `progress` as it goes: after each
+/// commit group, on each keepalive from the server, and when the phase changes.
+pub async fn run_cdc_task_with_progress(
+    config: &CdcTaskConfig,
+    sink: &mut dyn ChangeSink,
+    cancel: CancellationToken,
+    progress: &watch::Sender<CdcProgress>,
+) -> Result<CdcTaskSummary> {
     config.validate()?;
+    progress.send_replace(CdcProgress::default());
     let mut summary = CdcTaskSummary::default();
     let mut catalog = connect_sql(&config.source).await?;
     if sink.needs_key() {
@@ -191,7 +309,7 @@ pub async fn run_cdc_task(
     ensure_publication(&mut catalog, config).await?;
 
     let prepared = tokio::select! {
-        prepared = prepare(config, sink, &mut catalog, &cancel) => prepared?,
+        prepared = prepare(config, sink, &mut catalog, &cancel, progress) => prepared?,
         () = cancel.cancelled() => None,
     };
     let Some(prepared) = prepared else {
@@ -202,9 +320,16 @@ pub async fn run_cdc_task(
         checkpoint,
         load,
     } = prepared;
+    let load_rows = load.as_ref().map_or(0, CopySummary::total_rows);
     summary.initial_load = load;
     summary.started_at = checkpoint.lsn;
     summary.checkpoint = Some(checkpoint);
+    progress.send_modify(|now| {
+        now.phase = CdcPhase::Streaming;
+        now.checkpoint = checkpoint.lsn;
+        now.server_lsn = now.server_lsn.max(checkpoint.lsn);
+        now.load_rows = load_rows;
+    });
 
     let mut options = StreamOptions::new(
         config.slot_name(),
@@ -223,6 +348,7 @@ pub async fn run_cdc_task(
         transaction: None,
         group: Group::default(),
         last_idle: Instant::now(),
+        progress,
     };
     let result = run.stream(&mut stream, sink, &cancel, &mut summary).await;
     summary.checkpoint = Some(run.checkpoint);
@@ -251,6 +377,7 @@ async fn prepare(
     sink: &mut dyn ChangeSink,
     catalog: &mut PgConnection,
     cancel: &CancellationToken,
+    progress: &watch::Sender<CdcProgress>,
 ) -> Result<Option<Prepared>> {
     let slot = config.slot_name();
     if let Some(checkpoint) = sink.checkpoint().await? {
@@ -290,6 +417,7 @@ async fn prepare(
     // No checkpoint: a slot left by an interrupted initial load is useless (its snapshot is
     // gone); start over.
     let (created, snapshot, guard) = guarded_slot(config, catalog).await?;
+    progress.send_modify(|now| now.phase = CdcPhase::InitialLoad);
     tracing::info!(task = %config.task_id, consistent_point = %created.consistent_point, "initial load started");
     let source = PostgresSource::connect_with(
         config.source.sqlx_options(),
@@ -556,6 +684,7 @@ struct Run<'a> {
     transaction: Option<OpenTransaction>,
     group: Group,
     last_idle: Instant,
+    progress: &'a watch::Sender<CdcProgress>,
 }
 
 impl Run<'_> {
@@ -590,8 +719,21 @@ impl Run<'_> {
                 });
             };
             match event {
-                ChangeEvent::Begin { commit_lsn, .. } => {
+                ChangeEvent::Begin {
+                    commit_lsn,
+                    commit_time,
+                    ..
+                } => {
                     let skip = commit_lsn < self.checkpoint.lsn;
+                    if !skip {
+                        self.progress.send_if_modified(|now| {
+                            let first = now.pending_since_micros.is_none();
+                            if first {
+                                now.pending_since_micros = commit_time.unix_micros();
+                            }
+                            first
+                        });
+                    }
                     if skip {
                         summary.skipped_transactions += 1;
                         tracing::debug!(commit_lsn = %commit_lsn, checkpoint = %self.checkpoint.lsn, "transaction already at the target: skipped");
@@ -655,6 +797,9 @@ impl Run<'_> {
                     }
                 }
                 ChangeEvent::Keepalive { wal_end } => {
+                    self.progress.send_modify(|now| {
+                        now.server_lsn = now.server_lsn.max(stream.server_wal_end().max(wal_end));
+                    });
                     if self.transaction.is_some() {
                         continue;
                     }
@@ -726,6 +871,16 @@ impl Run<'_> {
             "commit group durable"
         );
         stream.acknowledge(group.checkpoint.lsn);
+        self.progress.send_modify(|now| {
+            now.checkpoint = group.checkpoint.lsn;
+            now.server_lsn = now
+                .server_lsn
+                .max(stream.server_wal_end())
+                .max(group.checkpoint.lsn);
+            now.pending_since_micros = None;
+            now.transactions = summary.transactions;
+            now.rows = summary.rows;
+        });
         stream.send_status().await
     }
 }

@@ -55,19 +55,31 @@ pub(crate) fn server_name(config: &ConnectConfig) -> Result<ServerName<'static>,
 
 fn roots(config: &ConnectConfig) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    match &config.ssl_root_cert {
-        Some(path) => {
+    let mut add_all = |certificates: Vec<Result<CertificateDer<'static>, _>>, origin: &str| {
+        for certificate in certificates {
+            let certificate = certificate.map_err(|_| format!("{origin} is not PEM"))?;
+            store
+                .add(certificate)
+                .map_err(|error| format!("a root in {origin} is unusable: {error}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    match (&config.ssl_root_cert_pem, &config.ssl_root_cert) {
+        (Some(pem), _) => {
+            add_all(
+                CertificateDer::pem_slice_iter(pem).collect(),
+                "the root PEM",
+            )?;
+        }
+        (None, Some(path)) => {
             let certificates = CertificateDer::pem_file_iter(path)
                 .map_err(|_| format!("cannot read sslrootcert {}", path.display()))?;
-            for certificate in certificates {
-                let certificate = certificate
-                    .map_err(|_| format!("sslrootcert {} is not PEM", path.display()))?;
-                store
-                    .add(certificate)
-                    .map_err(|error| format!("a root in sslrootcert is unusable: {error}"))?;
-            }
+            add_all(
+                certificates.collect(),
+                &format!("sslrootcert {}", path.display()),
+            )?;
         }
-        None => {
+        (None, None) => {
             let native = rustls_native_certs::load_native_certs();
             let (added, _) = store.add_parsable_certificates(native.certs);
             if added == 0 {

@@ -56,8 +56,8 @@ pub use records::{
     AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, DataKey, DataProduct, DataSpace,
     DataTaskRecord, GatewayRecord, LoginSession, NewAuditEvent, NewConnection, NewDataKey,
     NewDataProduct, NewDataSpace, NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot,
-    NewUser, OidcIdentity, PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment,
-    SystemRoleAssignment, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
+    NewUser, OidcIdentity, PasswordHash, RunReplication, SchemaSnapshot, SealedCredentials,
+    SpaceRoleAssignment, SystemRoleAssignment, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
 };
 pub use sql::{Backend, SCHEMA_VERSION, SqlStore, StoreOptions};
 pub use store::MetadataStore;
@@ -66,5 +66,6 @@ pub use validate::validate_name;
 // Crates in the public interface.
 pub use sqlx;
 pub use tidegate_proto::{
-    MetricsReport, SecretMap, SecretString, TableSelection, TableState, TaskState,
+    MetricsReport, ReplicationPhase, SecretMap, SecretString, SlotReport, TableSelection,
+    TableState, TaskState,
 };

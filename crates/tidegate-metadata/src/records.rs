@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tidegate_proto::{MetricsReport, TableSelection, TaskState};
+use tidegate_proto::{MetricsReport, ReplicationPhase, SlotReport, TableSelection, TaskState};
 
 use crate::{Error, GatewayState, TableRun};
 
@@ -536,6 +536,42 @@ pub struct TaskRunRecord {
     pub updated_at_ms: i64,
     /// Its change counter.
     pub version: i64,
+    /// For change data capture: where the run stands.
+    pub replication: Option<RunReplication>,
+}
+
+/// Where a change data capture run stands: as its gateway last reported it while it ran, and
+/// its replication slot as last inspected while it did not. Positions and counts only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct RunReplication {
+    /// What the run was doing at the last report.
+    pub phase: Option<ReplicationPhase>,
+    /// The position the target holds (its checkpoint), as PostgreSQL shows LSNs.
+    pub checkpoint_lsn: Option<String>,
+    /// The source's WAL position at the last report.
+    pub source_lsn: Option<String>,
+    /// WAL bytes between the checkpoint and the source's position.
+    pub lag_bytes: u64,
+    /// How long the oldest transaction not yet durable at the target had been committed at
+    /// the source, in milliseconds.
+    pub lag_ms: u64,
+    /// Rows of the initial load, once it completed in this run.
+    pub load_rows: u64,
+    /// Source transactions made durable at the target by this run.
+    pub transactions: u64,
+    /// Change rows made durable at the target by this run.
+    pub rows: u64,
+    /// When the gateway last reported.
+    pub reported_at_ms: Option<i64>,
+    /// The replication slot as last inspected while the task was not running.
+    pub slot: Option<SlotReport>,
+    /// When the slot was last inspected.
+    pub slot_checked_at_ms: Option<i64>,
+    /// Why the slot needs attention: it retains more WAL than the configured limit, or it
+    /// is gone.
+    pub warning: Option<String>,
 }
 
 /// A table's schema as a run saw it, to add.

@@ -22,12 +22,12 @@ use crate::{
     DataSpace, DataTaskRecord, Error, GatewayRecord, GatewayState, LoginSession, MetadataStore,
     NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace, NewDataTask,
     NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page, PageRequest,
-    PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment,
-    TableRun, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
+    PasswordHash, RunReplication, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment,
+    SystemRoleAssignment, TableRun, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
 };
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The migrations: version, description, SQLite script, PostgreSQL script.
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
@@ -48,6 +48,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "data products",
         include_str!("../migrations/sqlite/0003_data_products.sql"),
         include_str!("../migrations/postgres/0003_data_products.sql"),
+    ),
+    (
+        4,
+        "run replication",
+        include_str!("../migrations/sqlite/0004_run_replication.sql"),
+        include_str!("../migrations/postgres/0004_run_replication.sql"),
     ),
 ];
 
@@ -492,7 +498,8 @@ macro_rules! task_cols {
 }
 macro_rules! run_cols {
     () => {
-        "id, task_id, state, tables, error, started_at_ms, ended_at_ms, updated_at_ms, version"
+        "id, task_id, state, tables, error, started_at_ms, ended_at_ms, updated_at_ms, version, \
+         replication"
     };
 }
 macro_rules! snapshot_cols {
@@ -1743,6 +1750,43 @@ impl MetadataStore for SqlStore {
         }
     }
 
+    async fn idle_capture_runs(&self, tenant_id: &str) -> Result<Vec<TaskRunRecord>, Error> {
+        let sql = concat!(
+            "SELECT ",
+            run_cols!(),
+            " FROM task_runs WHERE id IN (SELECT r.id FROM task_runs r ",
+            "JOIN data_tasks t ON t.id = r.task_id WHERE t.tenant_id = $1 ",
+            "AND t.task_type IN ('change_data_capture', 'store_changes') ",
+            "AND r.state IN ('stopped', 'failed') AND NOT EXISTS (SELECT 1 FROM task_runs n ",
+            "WHERE n.task_id = r.task_id AND (n.started_at_ms, n.id) > (r.started_at_ms, r.id))) ",
+            "ORDER BY started_at_ms, id LIMIT 10000"
+        );
+        sqlx::query(sql)
+            .bind(tenant_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing idle change data capture runs"))?
+            .iter()
+            .map(run_row)
+            .collect()
+    }
+
+    async fn record_run_replication(
+        &self,
+        id: &str,
+        replication: &RunReplication,
+    ) -> Result<(), Error> {
+        let query =
+            sqlx::query("UPDATE task_runs SET replication = $2, updated_at_ms = $3 WHERE id = $1")
+                .bind(id.to_owned())
+                .bind(to_json("replication", replication)?)
+                .bind(now_ms());
+        match self.affected("recording run replication", query).await? {
+            0 => Err(not_found("run", id)),
+            _ => Ok(()),
+        }
+    }
+
     async fn add_schema_snapshot(&self, new: &NewSchemaSnapshot) -> Result<SchemaSnapshot, Error> {
         check_text("table", &new.table, 1, 1024)?;
         let sql = concat!(
@@ -2119,6 +2163,14 @@ fn run_row(row: &AnyRow) -> Result<TaskRunRecord, Error> {
         ended_at_ms: get(row, "ended_at_ms")?,
         updated_at_ms: get(row, "updated_at_ms")?,
         version: get(row, "version")?,
+        replication: get::<Option<String>>(row, "replication")?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| Error::Database {
+                    operation: "reading a row",
+                    source: sqlx::Error::Decode(format!("column replication: {e}").into()),
+                })
+            })
+            .transpose()?,
     })
 }
 

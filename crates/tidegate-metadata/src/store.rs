@@ -9,8 +9,8 @@ use crate::{
     AuditEvent, AuditFilter, ConnectionRecord, DataKey, DataSpace, DataTaskRecord, Error,
     GatewayRecord, LoginSession, NewAuditEvent, NewConnection, NewDataKey, NewDataSpace,
     NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page,
-    PageRequest, SchemaSnapshot, SpaceRoleAssignment, SystemRoleAssignment, TableRun,
-    TaskRunRecord, Tenant, TokenDigest, User,
+    PageRequest, RunReplication, SchemaSnapshot, SpaceRoleAssignment, SystemRoleAssignment,
+    TableRun, TaskRunRecord, Tenant, TokenDigest, User,
 };
 use crate::{DataProduct, NewDataProduct};
 
@@ -378,6 +378,19 @@ pub trait MetadataStore: Send + Sync {
         &self,
         id: &str,
         tables: &BTreeMap<String, TableRun>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The latest run of each change data capture and store changes task of the tenant, if
+    /// that run is stopped or failed: tasks whose replication slot is kept at the source
+    /// while nothing reads from it. At most 10,000, oldest first.
+    fn idle_capture_runs(
+        &self,
+        tenant_id: &str,
+    ) -> impl Future<Output = Result<Vec<TaskRunRecord>, Error>> + Send;
+    /// Replaces where a change data capture run stands.
+    fn record_run_replication(
+        &self,
+        id: &str,
+        replication: &RunReplication,
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Keeps a table's schema as a run of its task saw it.
     fn add_schema_snapshot(

@@ -10,8 +10,8 @@ use tidegate_metadata::{
     AuditFilter, AuditOutcome, Backend, Error, GatewayState, MAX_PAGE_LIMIT, MetadataStore,
     NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace, NewDataTask,
     NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, PageRequest,
-    PasswordHash, SCHEMA_VERSION, SealedCredentials, SqlStore, StoreOptions, TableRun,
-    TableSelection, TableState, TaskState, TaskType, TokenDigest, sqlx,
+    PasswordHash, ReplicationPhase, RunReplication, SCHEMA_VERSION, SealedCredentials, SqlStore,
+    StoreOptions, TableRun, TableSelection, TableState, TaskState, TaskType, TokenDigest, sqlx,
 };
 use tidegate_testkit::PgServer;
 
@@ -113,6 +113,7 @@ on_both_backends!(
     connections,
     tasks_and_references,
     runs_and_snapshots,
+    capture_runs,
     pagination,
     audit_log_is_append_only,
     weird_names_round_trip,
@@ -1025,6 +1026,79 @@ async fn runs_and_snapshots(db: &TestDb) -> Result<()> {
             .await,
         "run_id",
     )?;
+    Ok(())
+}
+
+/// Change data capture runs keep where they stand; the latest idle run of each capture task
+/// is found for slot inspection, and nothing else is.
+async fn capture_runs(db: &TestDb) -> Result<()> {
+    let store = db.open().await;
+    let f = fixture(&store, "acme").await?;
+    let mut capture = store.task(&f.task_id).await?;
+    capture.task_type = TaskType::ChangeDataCapture;
+    let capture = store.update_task(&capture).await?;
+    let full_load = store
+        .create_task(&task(
+            &f.space_id,
+            "nightly",
+            &f.source_id,
+            &f.target_id,
+            &f.gateway_id,
+        ))
+        .await?;
+    ensure!(store.idle_capture_runs(&f.tenant_id).await?.is_empty());
+
+    let first = store.create_run(&capture.id).await?;
+    ensure!(first.replication.is_none());
+    let reported = RunReplication {
+        phase: Some(ReplicationPhase::Streaming),
+        checkpoint_lsn: Some("0/16B3748".into()),
+        source_lsn: Some("0/16B3800".into()),
+        lag_bytes: 184,
+        lag_ms: 12,
+        load_rows: 1000,
+        transactions: 3,
+        rows: 7,
+        reported_at_ms: Some(1),
+        ..RunReplication::default()
+    };
+    store.record_run_replication(&first.id, &reported).await?;
+    ensure!(store.run(&first.id).await?.replication.as_ref() == Some(&reported));
+    not_found(
+        store.record_run_replication("run_missing", &reported).await,
+        "run",
+    )?;
+    // Running: not idle.
+    store
+        .transition_run(&first.id, TaskState::Starting, TaskState::Running, None)
+        .await?;
+    ensure!(store.idle_capture_runs(&f.tenant_id).await?.is_empty());
+    store
+        .transition_run(&first.id, TaskState::Running, TaskState::Stopped, None)
+        .await?;
+    let idle = store.idle_capture_runs(&f.tenant_id).await?;
+    ensure!(idle.len() == 1 && idle[0].id == first.id && idle[0].replication == Some(reported));
+
+    // Only the latest run of a task counts; full loads and other tenants never do.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let second = store.create_run(&capture.id).await?;
+    ensure!(store.idle_capture_runs(&f.tenant_id).await?.is_empty());
+    store
+        .transition_run(
+            &second.id,
+            TaskState::Starting,
+            TaskState::Failed,
+            Some("gone"),
+        )
+        .await?;
+    let loaded = store.create_run(&full_load.id).await?;
+    store
+        .transition_run(&loaded.id, TaskState::Starting, TaskState::Stopped, None)
+        .await?;
+    let other = fixture(&store, "other").await?;
+    let idle = store.idle_capture_runs(&f.tenant_id).await?;
+    ensure!(idle.len() == 1 && idle[0].id == second.id, "{idle:?}");
+    ensure!(store.idle_capture_runs(&other.tenant_id).await?.is_empty());
     Ok(())
 }
 

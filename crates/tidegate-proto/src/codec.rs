@@ -347,10 +347,17 @@ mod tests {
                     run_id: "r".into(),
                     kind: TaskKind::FullLoad,
                     source: conn.clone(),
-                    target: conn,
+                    target: conn.clone(),
                     tables: TableSelection::default(),
                     completed_tables: vec!["main.a".into()],
                 }),
+            },
+            Message::Command {
+                id: CommandId(6),
+                command: Command::DropReplication {
+                    task_id: "t".into(),
+                    source: conn,
+                },
             },
             Message::CommandResult(CommandResult {
                 id: CommandId(5),
@@ -359,6 +366,27 @@ mod tests {
                     message: "table \"main\".\"a\": gone".into(),
                     retryable: true,
                 }),
+            }),
+            Message::Replication(ReplicationReport {
+                task_id: "t".into(),
+                run_id: "r".into(),
+                phase: ReplicationPhase::Streaming,
+                checkpoint_lsn: "0/16B3748".into(),
+                source_lsn: "0/16B3800".into(),
+                lag_bytes: 184,
+                lag_ms: 12,
+                load_rows: 1000,
+                transactions: 3,
+                rows: 7,
+            }),
+            Message::CommandResult(CommandResult {
+                id: CommandId(6),
+                outcome: Ok(CommandOutcome::Slot(Some(SlotReport {
+                    name: "tidegate_t".into(),
+                    active: false,
+                    retained_bytes: Some(1 << 30),
+                    wal_status: Some("extended".into()),
+                }))),
             }),
         ]
     }

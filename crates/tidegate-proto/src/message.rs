@@ -53,6 +53,8 @@ pub enum Message {
     Error(ErrorReport),
     /// Either way: the sender is closing the connection on purpose.
     Goodbye(Goodbye),
+    /// G→C, protocol 2: where a change data capture run stands.
+    Replication(ReplicationReport),
 }
 
 impl Message {
@@ -77,6 +79,7 @@ impl Message {
             Message::Metrics(_) => "metrics",
             Message::Error(_) => "error",
             Message::Goodbye(_) => "goodbye",
+            Message::Replication(_) => "replication",
         }
     }
 }
@@ -161,6 +164,23 @@ pub enum Command {
     ResumeTask(TaskSpec),
     /// Replace the definition of a running task; takes effect from its next table.
     ReloadTask(TaskSpec),
+    /// Protocol 2: report the replication slot a change data capture task keeps at its
+    /// source. Answered with [`CommandOutcome::Slot`].
+    InspectReplication {
+        /// The task.
+        task_id: String,
+        /// Its source connection.
+        source: ConnectionSpec,
+    },
+    /// Protocol 2: drop the replication slot and publication of a deleted change data
+    /// capture task at its source. Answered with [`CommandOutcome::Slot`] (the slot as it
+    /// was, `None` if there was none); refused while the task runs.
+    DropReplication {
+        /// The task.
+        task_id: String,
+        /// Its source connection.
+        source: ConnectionSpec,
+    },
 }
 
 /// A connection as the gateway needs it to open it: a kind, plain settings and secrets.
@@ -198,6 +218,22 @@ pub struct TableSelection {
 pub enum TaskKind {
     /// Copy every selected table once.
     FullLoad,
+    /// Protocol 2: copy the tables in a replication slot's snapshot, then apply their
+    /// changes to PostgreSQL target tables until stopped.
+    ChangeDataCapture,
+    /// Protocol 2: copy the tables in a replication slot's snapshot, then append their
+    /// changes as Parquet change files with manifests on object storage until stopped.
+    StoreChanges,
+}
+
+impl TaskKind {
+    /// The oldest protocol version that can carry a task of this kind.
+    pub fn min_version(self) -> ProtocolVersion {
+        match self {
+            TaskKind::FullLoad => ProtocolVersion(1),
+            TaskKind::ChangeDataCapture | TaskKind::StoreChanges => ProtocolVersion(2),
+        }
+    }
 }
 
 /// Everything a gateway needs to run a task. Lives in the gateway's memory only.
@@ -241,6 +277,61 @@ pub enum CommandOutcome {
     },
     /// The tables a connection exposes.
     Schema(Vec<TableDescription>),
+    /// A change data capture task's replication slot, `None` if it does not exist.
+    Slot(Option<SlotReport>),
+}
+
+/// A replication slot as its source server shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SlotReport {
+    /// The slot's name.
+    pub name: String,
+    /// Whether a connection streams from it now.
+    pub active: bool,
+    /// Bytes of WAL the slot keeps the server from removing.
+    pub retained_bytes: Option<u64>,
+    /// `reserved`, `extended`, `unreserved` or `lost`, as the server says.
+    pub wal_status: Option<String>,
+}
+
+/// Where a change data capture run stands: positions and counts, never values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationReport {
+    /// The task.
+    pub task_id: String,
+    /// The run.
+    pub run_id: String,
+    /// What the run is doing.
+    pub phase: ReplicationPhase,
+    /// The position the target holds (its checkpoint), as PostgreSQL shows LSNs.
+    pub checkpoint_lsn: String,
+    /// The source's WAL position as last reported by it.
+    pub source_lsn: String,
+    /// WAL bytes between the checkpoint and the source's position.
+    pub lag_bytes: u64,
+    /// How long the oldest transaction received but not yet durable at the target has been
+    /// committed at the source, in milliseconds; 0 when every one received is durable.
+    pub lag_ms: u64,
+    /// Rows of the initial load, once it completed in this run.
+    pub load_rows: u64,
+    /// Source transactions made durable at the target by this run.
+    pub transactions: u64,
+    /// Change rows made durable at the target by this run.
+    pub rows: u64,
+}
+
+/// The phases of a change data capture run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[non_exhaustive]
+pub enum ReplicationPhase {
+    /// Checking the source and target; creating the publication and the slot.
+    Starting,
+    /// Copying the tables as of the slot's snapshot.
+    InitialLoad,
+    /// Receiving changes and making them durable at the target.
+    Streaming,
 }
 
 /// One table's shape: names and types, never values.

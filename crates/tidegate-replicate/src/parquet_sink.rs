@@ -133,6 +133,12 @@ impl ParquetSinkConfig {
         self.max_file_bytes
     }
 
+    /// The modular encryption every file is written with, if any
+    /// ([`with_modular_encryption`](Self::with_modular_encryption)).
+    pub fn encryption(&self) -> Option<&Arc<FileEncryptionProperties>> {
+        self.encryption.as_ref()
+    }
+
     fn writer_properties(&self) -> WriterProperties {
         let builder = WriterProperties::builder()
             .set_compression(self.compression)

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tidegate_metadata::{
-    DataTaskRecord, MetadataStore, NewDataTask, Page, TableRun, TaskRunRecord, TaskType,
-    validate_name,
+    DataTaskRecord, MetadataStore, NewDataTask, Page, RunReplication, TableRun, TaskRunRecord,
+    TaskType, validate_name,
 };
 use tidegate_proto::{
     Command, CommandOutcome, TableSelection, TableState, TaskKind, TaskSpec, TaskState,
@@ -88,6 +88,8 @@ pub(crate) struct RunView {
     started_at_ms: i64,
     ended_at_ms: Option<i64>,
     updated_at_ms: i64,
+    /// For change data capture: position, lag and slot.
+    replication: Option<RunReplication>,
 }
 
 impl From<TaskRunRecord> for RunView {
@@ -104,6 +106,7 @@ impl From<TaskRunRecord> for RunView {
             started_at_ms: r.started_at_ms,
             ended_at_ms: r.ended_at_ms,
             updated_at_ms: r.updated_at_ms,
+            replication: r.replication,
         }
     }
 }
@@ -308,25 +311,54 @@ pub(crate) async fn update(
     }
 }
 
-/// Deletes a task that is not running, with its runs.
+/// Deletes a task that is not running, with its runs. A change data capture task's gateway
+/// first drops its replication slot and publication at the source, so the source stops
+/// keeping WAL for it; if that cannot be done now the task is kept (409) unless `force`.
 #[utoipa::path(
     operation_id = "tasks_delete",
     delete,
     path = "/api/v1/tasks/{id}",
     tag = "tasks",
-    params(("id" = String, Path, description = "The task's id")),
-    responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    params(("id" = String, Path, description = "The task's id"), DeleteQuery),
+    responses((status = 204, description = "Deleted (for change data capture: its replication slot and publication dropped at the source first)"), (status = "4XX", description = "Refused", body = super::ErrorBody)),
     security(("bearer" = [])),
     extensions(("x-tidegate-action" = json!("task_delete")))
 )]
-pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
     let task = shared.task(&id).await?;
     ctx.check(&caller, Action::TaskDelete, Some(&task.space_id))
         .await?;
+    if task.task_type != TaskType::FullLoad && !query.force {
+        shared.drop_replication(&task).await?;
+    }
     shared.store.delete_task(&task.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Options of `DELETE /tasks/{id}`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    /// Delete a change data capture task even if its gateway cannot drop its replication
+    /// slot and publication now (offline, or the source unreachable). The slot then keeps
+    /// WAL at the source until it is dropped by hand (`tidegate_` and the task id).
+    #[serde(default)]
+    force: bool,
+}
+
+/// The kind of run a task type makes on a gateway.
+pub(crate) fn task_kind(task_type: TaskType) -> TaskKind {
+    match task_type {
+        TaskType::ChangeDataCapture => TaskKind::ChangeDataCapture,
+        TaskType::StoreChanges => TaskKind::StoreChanges,
+        _ => TaskKind::FullLoad,
+    }
 }
 
 /// Where a task's data landed, for those who consume it: the target (its kind and where it
@@ -618,6 +650,39 @@ impl Shared {
         }
     }
 
+    /// Has the task's gateway drop the task's replication slot and publication at its
+    /// source; a conflict saying why if it cannot.
+    async fn drop_replication(&self, task: &DataTaskRecord) -> Result<(), ApiError> {
+        let refused = |why: String| {
+            ApiError::conflict(format!(
+                "the replication slot of task {} could not be dropped: {why}; try again when \
+                 the gateway is online, or delete with ?force=true and drop the slot \
+                 tidegate_{} at the source by hand",
+                task.id, task.id
+            ))
+        };
+        let source = self.spec(self.connection(&task.source_connection_id).await?)?;
+        let command = Command::DropReplication {
+            task_id: task.id.clone(),
+            source,
+        };
+        match self
+            .sessions
+            .command(&task.gateway_id, command, COMMAND_TIMEOUT)
+            .await
+        {
+            Ok(result) => match result.outcome {
+                Ok(CommandOutcome::Slot(slot)) => {
+                    tracing::info!(message = "replication slot dropped", task = %task.id, existed = slot.is_some());
+                    Ok(())
+                }
+                Ok(_) => Err(refused("the gateway gave an unexpected answer".to_owned())),
+                Err(report) => Err(refused(report.message)),
+            },
+            Err(why) => Err(refused(why)),
+        }
+    }
+
     /// Sends the start command of run `run_id` to the task's gateway; marks the run failed if
     /// the gateway does not accept it.
     async fn send_start(
@@ -667,15 +732,19 @@ impl Shared {
         run_id: &str,
         completed_tables: Vec<String>,
     ) -> Result<Command, ApiError> {
-        let kind = match task.task_type {
-            TaskType::FullLoad => TaskKind::FullLoad,
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "gateways cannot run {} tasks yet",
-                    other.as_str()
-                )));
-            }
-        };
+        let kind = task_kind(task.task_type);
+        if let Some(version) = self.sessions.version(&task.gateway_id)
+            && version < kind.min_version()
+        {
+            return Err(ApiError::conflict(format!(
+                "gateway {} speaks protocol {}, which cannot run {} tasks (protocol {} or \
+                 later); upgrade the gateway",
+                task.gateway_id,
+                version.0,
+                task.task_type.as_str(),
+                kind.min_version().0
+            )));
+        }
         let mut target = self.spec(self.connection(&task.target_connection_id).await?)?;
         self.attach_parquet_key(&mut target).await?;
         Ok(Command::StartTask(TaskSpec {

@@ -1,0 +1,347 @@
+//! Change data capture runs through `tidegate-cdc`: a PostgreSQL source's tables are loaded in
+//! a replication slot's snapshot, then their changes are applied to PostgreSQL tables
+//! (`ChangeDataCapture`) or appended as Parquet change files (`StoreChanges`) until the task
+//! is stopped. Only positions and counts go back to the link.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tidegate_cdc::{
+    ApplySinkConfig, CdcPhase, CdcProgress, CdcTaskConfig, ChangeSink, ConnectConfig,
+    PostgresApplySink, SlotInfo, SslMode, StoreChangesSink, StoreSinkConfig, TableRef,
+};
+use tidegate_proto::{
+    CommandOutcome, ConnectionSpec, ErrorCode, ErrorReport, Message, ReplicationPhase,
+    ReplicationReport, SlotReport, TaskKind, TaskSpec, TaskState,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::{
+    invalid, object_target, open_source, parquet_config, postgres_options, report, selected,
+    setting, status,
+};
+
+/// How often a running task's position is reported when it changed.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Reports a CDC error under the side that failed, with its text: names, positions and
+/// counts, never values or credentials.
+fn cdc_error(e: &tidegate_cdc::Error) -> ErrorReport {
+    use tidegate_cdc::Error as E;
+    let code = match e {
+        E::Target { .. }
+        | E::TargetDiverged { .. }
+        | E::ObjectStore { .. }
+        | E::Parquet { .. }
+        | E::Manifest { .. } => ErrorCode::Target,
+        E::InvalidConfig { .. }
+        | E::InvalidName { .. }
+        | E::TableNotFound { .. }
+        | E::NoApplyKey { .. } => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Source,
+    };
+    report(code, e.to_string(), e.is_retryable())
+}
+
+/// The task id as `tidegate-cdc` takes it (it names the slot and the publication). Ids are
+/// not rewritten to fit: two tasks must never share a slot.
+fn cdc_task_id(task_id: &str) -> Result<String, ErrorReport> {
+    let ok = !task_id.is_empty()
+        && task_id.len() <= 48
+        && task_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(task_id.to_owned())
+    } else {
+        Err(report(
+            ErrorCode::InvalidRequest,
+            format!(
+                "task {task_id}: change data capture needs a task id of at most 48 lowercase \
+                 letters, digits and '_' (it names the replication slot)"
+            ),
+            false,
+        ))
+    }
+}
+
+/// How to reach a `postgres` source for replication: settings `host`, `port`, `database`,
+/// `user`, `sslmode`, `ca_pem` and secret `password`, as for a full load.
+fn source_config(spec: &ConnectionSpec) -> Result<ConnectConfig, ErrorReport> {
+    if spec.kind != "postgres" {
+        return Err(invalid(
+            spec,
+            "change data capture reads PostgreSQL sources only (kind \"postgres\")",
+        ));
+    }
+    let port = match spec.settings.get("port") {
+        Some(port) => port
+            .parse()
+            .map_err(|_| invalid(spec, "the setting \"port\" is not a port number"))?,
+        None => 5432,
+    };
+    let mut config = ConnectConfig::new(
+        setting(spec, "host")?,
+        port,
+        setting(spec, "user")?,
+        setting(spec, "database")?,
+    );
+    config.ssl_mode = match spec.settings.get("sslmode") {
+        None => SslMode::Prefer,
+        Some(mode) => mode.parse().map_err(|_| {
+            invalid(
+                spec,
+                "the setting \"sslmode\" must be disable, prefer, require, verify-ca or verify-full",
+            )
+        })?,
+    };
+    config.ssl_root_cert_pem = spec
+        .settings
+        .get("ca_pem")
+        .map(|pem| pem.as_bytes().to_vec());
+    config.application_name = "tidegate-gateway".to_owned();
+    if let Some(password) = spec.secrets.get("password") {
+        config = config.with_password(password.expose());
+    }
+    Ok(config)
+}
+
+/// The sink of a CDC task's target: PostgreSQL tables to apply to, or an object store for
+/// change files.
+async fn open_change_sink(
+    kind: TaskKind,
+    id: &str,
+    spec: &ConnectionSpec,
+) -> Result<Box<dyn ChangeSink>, ErrorReport> {
+    match kind {
+        TaskKind::ChangeDataCapture => {
+            if spec.kind != "postgres" {
+                return Err(invalid(
+                    spec,
+                    "a change data capture task applies changes to PostgreSQL targets only; \
+                     use a store changes task for object storage",
+                ));
+            }
+            let mut config = ApplySinkConfig::new(id);
+            config.schema = spec.settings.get("schema").cloned();
+            let sink = PostgresApplySink::connect_with(postgres_options(spec)?, config)
+                .await
+                .map_err(|e| cdc_error(&e))?;
+            Ok(Box::new(sink))
+        }
+        TaskKind::StoreChanges => {
+            let Some((store, prefix)) = object_target(spec)? else {
+                return Err(invalid(
+                    spec,
+                    "a store changes task writes to object storage only (kind \"s3\" or \"local\")",
+                ));
+            };
+            let mut config = StoreSinkConfig::new(id);
+            config.snapshot = parquet_config(spec)?;
+            Ok(Box::new(StoreChangesSink::new(store, prefix, config)))
+        }
+        _ => Err(report(
+            ErrorCode::InvalidRequest,
+            "not a change data capture task",
+            false,
+        )),
+    }
+}
+
+/// The selected tables of the source, as the full load would pick them.
+async fn tables(spec: &TaskSpec) -> Result<Vec<TableRef>, ErrorReport> {
+    let source = open_source(&spec.source).await?;
+    let discovered = source
+        .discover()
+        .await
+        .map_err(|e| report(ErrorCode::Source, e.to_string(), e.is_retryable()))?;
+    let tables: Vec<TableRef> = discovered
+        .into_iter()
+        .filter(|t| selected(&spec.tables, &t.table.schema, &t.table.name))
+        .map(|t| t.table)
+        .collect();
+    if tables.is_empty() {
+        return Err(report(
+            ErrorCode::InvalidRequest,
+            "the table selection matches no table of the source",
+            false,
+        ));
+    }
+    Ok(tables)
+}
+
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn replication_report(spec: &TaskSpec, progress: &CdcProgress) -> Message {
+    Message::Replication(ReplicationReport {
+        task_id: spec.task_id.clone(),
+        run_id: spec.run_id.clone(),
+        phase: match progress.phase {
+            CdcPhase::InitialLoad => ReplicationPhase::InitialLoad,
+            CdcPhase::Streaming => ReplicationPhase::Streaming,
+            _ => ReplicationPhase::Starting,
+        },
+        checkpoint_lsn: progress.checkpoint.to_string(),
+        source_lsn: progress.server_lsn.to_string(),
+        lag_bytes: progress.lag_bytes(),
+        lag_ms: u64::try_from(progress.lag(unix_micros()).as_millis()).unwrap_or(u64::MAX),
+        load_rows: progress.load_rows,
+        transactions: progress.transactions,
+        rows: progress.rows,
+    })
+}
+
+/// Runs a CDC task until it is stopped or fails, and reports its life cycle and position on
+/// `events`. Never panics on task errors: every failure becomes a `Failed` status whose
+/// message names objects and positions, not values. Returns the final state and the rows
+/// made durable (initial load and changes).
+pub(crate) async fn run_cdc(
+    spec: TaskSpec,
+    events: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+) -> (TaskState, u64) {
+    let status = |state, error| status(&spec, state, error);
+    let _ = events.send(status(TaskState::Running, None)).await;
+    let (progress, mut watched) = watch::channel(CdcProgress::default());
+    let run = capture(&spec, &progress, &cancel);
+    tokio::pin!(run);
+    let mut ticker = tokio::time::interval(REPORT_EVERY);
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            _ = ticker.tick() => {
+                if watched.has_changed().unwrap_or(false) {
+                    let now = *watched.borrow_and_update();
+                    // Reports are advisory: drop one rather than stall the task.
+                    let _ = events.try_send(replication_report(&spec, &now));
+                }
+            }
+        }
+    };
+    let last = *progress.borrow();
+    let _ = events.send(replication_report(&spec, &last)).await;
+    let rows = last.load_rows.saturating_add(last.rows);
+    let (state, error) = match result {
+        Ok(()) => (TaskState::Stopped, None),
+        Err(e) => (TaskState::Failed, Some(e)),
+    };
+    match &error {
+        Some(e) => {
+            tracing::warn!(message = "task failed", task = %spec.task_id, run = %spec.run_id, error = %e.message);
+        }
+        None => {
+            tracing::info!(message = "task stopped", task = %spec.task_id, run = %spec.run_id, checkpoint = %last.checkpoint, transactions = last.transactions);
+        }
+    }
+    let _ = events.send(status(state, error)).await;
+    (state, rows)
+}
+
+/// Opens the source and the sink and runs the task until `cancel` fires.
+async fn capture(
+    spec: &TaskSpec,
+    progress: &watch::Sender<CdcProgress>,
+    cancel: &CancellationToken,
+) -> Result<(), ErrorReport> {
+    let id = cdc_task_id(&spec.task_id)?;
+    let source = source_config(&spec.source)?;
+    let tables = tables(spec).await?;
+    let mut sink = open_change_sink(spec.kind, &id, &spec.target).await?;
+    let config = CdcTaskConfig::new(id, source, tables);
+    tidegate_cdc::run_cdc_task_with_progress(&config, sink.as_mut(), cancel.clone(), progress)
+        .await
+        .map(drop)
+        .map_err(|e| cdc_error(&e))
+}
+
+fn slot_report(info: SlotInfo) -> SlotReport {
+    SlotReport {
+        name: info.name,
+        active: info.active,
+        retained_bytes: info.retained_bytes,
+        wal_status: info.wal_status,
+    }
+}
+
+/// The replication slot of task `task_id` at `source`.
+pub(crate) async fn inspect(
+    task_id: &str,
+    source: &ConnectionSpec,
+) -> Result<CommandOutcome, ErrorReport> {
+    let id = cdc_task_id(task_id)?;
+    let info = tidegate_cdc::cdc_task_slot(&source_config(source)?, &id)
+        .await
+        .map_err(|e| cdc_error(&e))?;
+    Ok(CommandOutcome::Slot(info.map(slot_report)))
+}
+
+/// Drops the replication slot and publication of task `task_id` at `source`; answers with
+/// the slot as it was before.
+pub(crate) async fn drop_replication(
+    task_id: &str,
+    source: &ConnectionSpec,
+) -> Result<CommandOutcome, ErrorReport> {
+    let id = cdc_task_id(task_id)?;
+    let config = source_config(source)?;
+    let before = tidegate_cdc::cdc_task_slot(&config, &id)
+        .await
+        .map_err(|e| cdc_error(&e))?;
+    tidegate_cdc::drop_cdc_task(&config, &id)
+        .await
+        .map_err(|e| cdc_error(&e))?;
+    tracing::info!(message = "replication slot and publication dropped", task = %task_id);
+    Ok(CommandOutcome::Slot(before.map(slot_report)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_become_slot_safe_or_are_refused() {
+        assert_eq!(
+            cdc_task_id("task_0123abcd").unwrap(),
+            "task_0123abcd".to_owned()
+        );
+        for bad in ["", "a b", "täsk", &"x".repeat(49), "a;drop", "Orders-Sync"] {
+            assert!(cdc_task_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn source_settings_build_the_replication_config_without_a_url() {
+        let mut secrets = tidegate_proto::SecretMap::new();
+        secrets.insert("password", tidegate_proto::SecretString::new("s3cr3t-pw"));
+        let spec = ConnectionSpec {
+            id: "conn_1".into(),
+            kind: "postgres".into(),
+            settings: [
+                ("host", "db.internal"),
+                ("port", "6543"),
+                ("database", "shop"),
+                ("user", "cdc"),
+                ("sslmode", "verify-full"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            secrets,
+        };
+        let config = source_config(&spec).unwrap();
+        assert_eq!(config.server_label(), "db.internal:6543/shop");
+        assert_eq!(config.ssl_mode, SslMode::VerifyFull);
+        assert!(!format!("{config:?}").contains("s3cr3t-pw"));
+
+        let mut odbc = spec.clone();
+        odbc.kind = "odbc".into();
+        let error = source_config(&odbc).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        let mut bad = spec;
+        bad.settings.insert("sslmode".into(), "sometimes".into());
+        assert!(source_config(&bad).unwrap_err().message.contains("sslmode"));
+    }
+}
