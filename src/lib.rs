@@ -19,6 +19,7 @@
 //! | [`metadata`] | the control plane's metadata model |
 //! | [`identity`] | passwords, login sessions, OpenID Connect login |
 //! | [`replicate`] | the Arrow-based copy core: sources, sinks, Parquet |
+//! | [`cdc`] | change data capture from PostgreSQL: logical replication into Arrow |
 //! | [`gateway`] | the gateway runtime |
 //! | [`control_plane`] | the control-plane runtime |
 
@@ -30,6 +31,7 @@ pub mod quickstart;
 
 pub use tidegate_assist as assist;
 pub use tidegate_auth as auth;
+pub use tidegate_cdc as cdc;
 pub use tidegate_channel as channel;
 pub use tidegate_client as client;
 pub use tidegate_control_plane as control_plane;

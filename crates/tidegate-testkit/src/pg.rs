@@ -57,6 +57,12 @@ impl PgServer {
         Err(last_error.unwrap_or_else(|| io::Error::other("PostgreSQL did not start")))
     }
 
+    /// The path of one of the installed PostgreSQL programs (`psql`, `pg_recvlogical`, …),
+    /// from the same installation as the server.
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+
     /// The TCP port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
