@@ -8,7 +8,8 @@ log() { printf '\n== %s ==\n' "$*"; }
 
 # --- System packages -------------------------------------------------------------------------
 # aws-lc-rs builds its C code with a C compiler; the PostgreSQL tests start throwaway clusters
-# with the server binaries (as user `postgres` when run as root); the ODBC source links against
+# with the server binaries (as user `postgres` when run as root); `openssl s_client` probes the
+# control plane's TLS as an independent peer; the ODBC source links against
 # unixODBC and its tests use the PostgreSQL and SQLite ODBC drivers; pip installs moto, a real
 # S3-compatible server; npm installs oidc-provider, a real OpenID provider run by Node.js (20 or
 # later).
@@ -18,6 +19,7 @@ command -v cc >/dev/null || need+=(build-essential)
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || need+=(postgresql)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v openssl >/dev/null || need+=(openssl)
 command -v pip3 >/dev/null || need+=(python3-pip)
 [ -e /usr/include/sql.h ] && command -v odbcinst >/dev/null || need+=(unixodbc-dev)
 odbc_drivers="$(odbcinst -q -d 2>/dev/null || true)"

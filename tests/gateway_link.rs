@@ -307,6 +307,78 @@ fn tls_1_1_client_is_refused() {
     drop(rt);
 }
 
+/// What `openssl s_client` (a real, independent TLS peer) makes of the control plane. The
+/// client is told to accept anything (`@SECLEVEL=0`) so that every refusal is the server's,
+/// except the host-name check, which only a client can make: it shows the certificate names
+/// no other host.
+#[test]
+fn openssl_sees_tls_1_2_and_1_3_only_with_strong_suites_and_the_right_name() {
+    let Ok(openssl) = which("openssl") else {
+        panic!("openssl is not installed; the test command installs it (apt package openssl)");
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let h = rt.block_on(Harness::start());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &h.ca.ca_pem).unwrap();
+    let address = format!("127.0.0.1:{}", h.cp.local_addr().port());
+    let s_client = |args: &[&str]| {
+        let output = std::process::Command::new(&openssl)
+            .args(["s_client", "-connect", &address, "-servername", "localhost"])
+            .args(["-CAfile", ca.to_str().unwrap(), "-verify_return_error"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &*String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    for (version, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let (ok, text) = s_client(&[version, "-verify_hostname", "localhost"]);
+        assert!(ok, "{version} refused:\n{text}");
+        assert!(text.contains(&format!("New, {name}, Cipher is")), "{text}");
+        assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    }
+    for (what, args) in [
+        ("TLS 1.0", &["-tls1", "-cipher", "ALL:@SECLEVEL=0"][..]),
+        ("TLS 1.1", &["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"]),
+        // CBC, SHA-1 MACs, RSA key exchange, 3DES, RC4, export and null suites.
+        (
+            "weak TLS 1.2 suites",
+            &[
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA:\
+                 AES128-SHA:AES256-GCM-SHA384:DES-CBC3-SHA:RC4-SHA:NULL-SHA:EXP-RC4-MD5:\
+                 @SECLEVEL=0",
+            ],
+        ),
+    ] {
+        let (ok, text) = s_client(args);
+        assert!(!ok, "{what} accepted:\n{text}");
+        // No session: the server answered the offer with an alert.
+        assert!(
+            text.contains("New, (NONE), Cipher is (NONE)"),
+            "{what}: {text}"
+        );
+        assert!(text.contains("alert"), "{what}: {text}");
+    }
+    let (ok, text) = s_client(&["-verify_hostname", "tidegate.example.com"]);
+    assert!(!ok, "a wrong host name was accepted:\n{text}");
+    assert!(text.contains("hostname mismatch"), "{text}");
+    drop(rt);
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_keeps_credentials_in_memory_only() {
     let h = Harness::start().await;
