@@ -201,6 +201,9 @@ pub(crate) async fn run(
                     Err(error) => break format!("link ended: {error}"),
                 };
                 last_heard = Instant::now();
+                // Every message from a gateway, opened, for audits at `trace` level. None can
+                // hold a credential or a row value (`tidegate-proto`'s invariant).
+                tracing::trace!(message = "from gateway", gateway = %gateway_id, received = ?message);
                 match message {
                     Message::Heartbeat(h) => {
                         if let Err(error) = tx.send(&Message::HeartbeatAck(h)).await {
