@@ -30,11 +30,54 @@ fn binary(name: &str) -> PathBuf {
 /// Kills the child when dropped, so a failed assertion leaves no process behind.
 struct Guard(Child);
 
-impl Drop for Guard {
-    fn drop(&mut self) {
+impl Guard {
+    /// SIGKILL, and wait for the process to be gone.
+    fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An append-mode log file in `dir`.
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .unwrap()
+}
+
+fn spawn_control_plane(dir: &Path, toml: &Path, filter: &str) -> Guard {
+    Guard(
+        Command::new(binary("tidegate-control-plane"))
+            .args(["--config".as_ref(), toml.as_os_str()])
+            .env("TIDEGATE_LOG", filter)
+            .stdout(log_file(dir, "control-plane.log"))
+            .stderr(log_file(dir, "control-plane.err"))
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The gateway runs from `dir/gw-home`.
+fn spawn_gateway(dir: &Path, toml: &Path, filter: &str) -> Guard {
+    Guard(
+        Command::new(binary("tidegate-gateway"))
+            .args(["--config".as_ref(), toml.as_os_str()])
+            .arg("run")
+            .current_dir(dir.join("gw-home"))
+            .env("TIDEGATE_LOG", filter)
+            .stdout(log_file(dir, "gateway.log"))
+            .stderr(log_file(dir, "gateway.err"))
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn free_port() -> u16 {
@@ -83,6 +126,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 struct Deployment {
     cp: Guard,
     gw: Guard,
+    dir: PathBuf,
+    cp_toml: PathBuf,
+    cp_filter: String,
+    gw_toml: PathBuf,
+    gw_filter: String,
     api: Api,
     gateway_id: String,
     cp_state: PathBuf,
@@ -109,16 +157,7 @@ impl Deployment {
             write(dir, "operator-token", token),
         );
         let cp_toml = write(dir, "control-plane.toml", &cp_config);
-        let log_file = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
-        let cp = Guard(
-            Command::new(binary("tidegate-control-plane"))
-                .args(["--config".as_ref(), cp_toml.as_os_str()])
-                .env("TIDEGATE_LOG", cp_log)
-                .stdout(log_file("control-plane.log"))
-                .stderr(log_file("control-plane.err"))
-                .spawn()
-                .unwrap(),
-        );
+        let cp = spawn_control_plane(dir, &cp_toml, cp_log);
         let api = Api::new(&ca.ca_pem, port, token).unwrap();
         let mut created = None;
         for _ in 0..100 {
@@ -153,20 +192,15 @@ impl Deployment {
             "enroll failed: {}",
             String::from_utf8_lossy(&enroll.stderr)
         );
-        let gw = Guard(
-            Command::new(binary("tidegate-gateway"))
-                .args(["--config".as_ref(), gw_toml.as_os_str()])
-                .arg("run")
-                .current_dir(&gw_home)
-                .env("TIDEGATE_LOG", gw_log)
-                .stdout(log_file("gateway.log"))
-                .stderr(log_file("gateway.err"))
-                .spawn()
-                .unwrap(),
-        );
+        let gw = spawn_gateway(dir, &gw_toml, gw_log);
         let deployment = Self {
             cp,
             gw,
+            dir: dir.to_path_buf(),
+            cp_toml,
+            cp_filter: cp_log.to_owned(),
+            gw_toml,
+            gw_filter: gw_log.to_owned(),
             api,
             gateway_id,
             cp_state,
@@ -180,6 +214,18 @@ impl Deployment {
             .until("gateway online", &path, |g| g["online"] == json!(true))
             .await;
         deployment
+    }
+
+    /// Kills the control plane (SIGKILL) and starts it again on the same port and state.
+    fn restart_control_plane(&mut self) {
+        self.cp.kill();
+        self.cp = spawn_control_plane(&self.dir, &self.cp_toml, &self.cp_filter);
+    }
+
+    /// Kills the gateway (SIGKILL) and starts it again with the same identity.
+    fn restart_gateway(&mut self) {
+        self.gw.kill();
+        self.gw = spawn_gateway(&self.dir, &self.gw_toml, &self.gw_filter);
     }
 
     /// Polls `GET path` until `done` holds (at most 30 s); returns the answer.
@@ -586,4 +632,148 @@ async fn no_canary_value_reaches_the_control_plane_or_the_gateways_disk() {
         0,
         "the gateway wrote into its working directory"
     );
+}
+
+/// SIGKILL and restart of each real binary during a change data capture run: the gateway
+/// carries on without the control plane, and the control plane finds the run still running
+/// when it comes back; a gateway killed mid-run comes back without it, the control plane
+/// marks the run failed (resumable), and the resumed run catches up from the target's
+/// checkpoint. Source and target are identical after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_binaries_lose_no_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = tokio::task::spawn_blocking(tidegate_testkit::PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("src").unwrap();
+    pg.create_database("dst").unwrap();
+    pg.execute(
+        "src",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12, 2), note text);
+         INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, 500) g;",
+    )
+    .unwrap();
+    let mut deployment = Deployment::start(dir.path(), "info", "info").await;
+    let connection = |database: &str| {
+        json!({"name": database, "kind": "postgres",
+               "settings": {"host": "127.0.0.1", "port": pg.port().to_string(),
+                            "database": database, "user": pg.user(), "sslmode": "disable"},
+               "secrets": {"password": pg.password()}})
+    };
+    let api = &deployment.api;
+    let source = api
+        .post("/api/v1/connections", connection("src"))
+        .await
+        .unwrap();
+    let target = api
+        .post("/api/v1/connections", connection("dst"))
+        .await
+        .unwrap();
+    let task = api
+        .post(
+            "/api/v1/tasks",
+            json!({"name": "orders", "gateway_id": deployment.gateway_id,
+                   "task_type": "change_data_capture",
+                   "source_id": source["id"], "target_id": target["id"]}),
+        )
+        .await
+        .unwrap();
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let run = api
+        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+        .await
+        .unwrap();
+    let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
+    deployment
+        .until("streaming", &run_path, |r| {
+            r["replication"]["phase"] == json!("Streaming")
+        })
+        .await;
+    let digest = |database: &str| {
+        pg.execute(
+            database,
+            "SELECT count(*), sum(id), sum(amount), sum(length(note)) FROM orders",
+        )
+        .unwrap()
+    };
+    let mut next = 1000;
+    let mut change = || {
+        pg.execute(
+            "src",
+            &format!(
+                "INSERT INTO orders SELECT g, g, 'n' || g FROM generate_series({next}, {}) g;
+                 UPDATE orders SET amount = amount + 1 WHERE id % 7 = {};
+                 DELETE FROM orders WHERE id % 19 = {};",
+                next + 49,
+                next % 7,
+                next % 19
+            ),
+        )
+        .unwrap();
+        next += 50;
+    };
+    let in_sync = async |what: &str| {
+        let expected = digest("src");
+        for _ in 0..300 {
+            if digest("dst") == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what}: source and target differ after 30 s");
+    };
+
+    // The control plane dies: changes keep flowing; back, it finds the run running.
+    change();
+    deployment.cp.kill();
+    change();
+    in_sync("changes while the control plane is down").await;
+    deployment.restart_control_plane();
+    change();
+    let gateway_path = format!("/api/v1/gateways/{}", deployment.gateway_id);
+    deployment
+        .until("gateway back online", &gateway_path, |g| {
+            g["online"] == json!(true)
+        })
+        .await;
+    in_sync("changes after the control plane restarted").await;
+    let rows = digest("src");
+    deployment
+        .until(
+            "reports reach the restarted control plane",
+            &run_path,
+            |r| r["state"] == json!("Running") && r["replication"]["rows"].as_u64() > Some(0),
+        )
+        .await;
+
+    // The gateway dies mid-run: its runs were in its memory only. The control plane marks
+    // the run failed once the new gateway process connects; the resumed run catches up.
+    deployment.restart_gateway();
+    change();
+    let failed = deployment
+        .until("the lost run is failed", &run_path, |r| {
+            r["state"] == json!("Failed")
+        })
+        .await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("gateway lost the run"),
+        "{failed}"
+    );
+    deployment
+        .api
+        .post(&format!("{run_path}/resume"), json!({}))
+        .await
+        .unwrap();
+    change();
+    in_sync("changes after the gateway restarted").await;
+    assert_ne!(digest("src"), rows, "the workload changed nothing");
+    deployment
+        .until("running again", &run_path, |r| {
+            r["state"] == json!("Running")
+        })
+        .await;
 }

@@ -26,18 +26,6 @@ CREATE TABLE "Ops"."Event Log" (id bigint, kind text);
 INSERT INTO "Ops"."Event Log" SELECT g, 'k' || (g % 5) FROM generate_series(1, 5000) g;
 "#;
 
-fn postgres_connection(server: &PgServer, database: &str) -> serde_json::Value {
-    json!({
-        "name": format!("pg-{database}"),
-        "kind": "postgres",
-        "settings": {
-            "host": "127.0.0.1", "port": server.port().to_string(),
-            "database": database, "user": server.user(), "sslmode": "disable"
-        },
-        "secrets": {"password": server.password()}
-    })
-}
-
 async fn run_task(
     harness: &Harness,
     gateway_id: &str,
@@ -82,7 +70,7 @@ async fn postgres_to_s3_with_sse_kms_through_a_gateway() {
     let run = run_task(
         &harness,
         &gateway_id,
-        postgres_connection(&pg, "src"),
+        common::postgres_connection(&pg, "src"),
         target,
     )
     .await;
@@ -171,8 +159,8 @@ async fn postgres_to_postgres_through_a_gateway() {
     let run = run_task(
         &harness,
         &gateway_id,
-        postgres_connection(&pg, "src"),
-        postgres_connection(&pg, "dst"),
+        common::postgres_connection(&pg, "src"),
+        common::postgres_connection(&pg, "dst"),
     )
     .await;
     assert_eq!(run["state"], json!("Completed"), "{run}");
@@ -192,9 +180,15 @@ async fn postgres_to_postgres_through_a_gateway() {
     );
 
     // A wrong password fails the run with a clear error that does not repeat it.
-    let mut bad = postgres_connection(&pg, "src");
+    let mut bad = common::postgres_connection(&pg, "src");
     bad["secrets"]["password"] = json!("wrong-password-canary");
-    let run = run_task(&harness, &gateway_id, bad, postgres_connection(&pg, "dst")).await;
+    let run = run_task(
+        &harness,
+        &gateway_id,
+        bad,
+        common::postgres_connection(&pg, "dst"),
+    )
+    .await;
     assert_eq!(run["state"], json!("Failed"), "{run}");
     let error = run["error"].to_string();
     assert!(error.contains("127.0.0.1"), "{error}");
@@ -228,8 +222,8 @@ async fn a_failed_run_resumes_redoing_only_unfinished_tables() {
     let run = run_task(
         &harness,
         &gateway_id,
-        postgres_connection(&pg, "src"),
-        postgres_connection(&pg, "dst"),
+        common::postgres_connection(&pg, "src"),
+        common::postgres_connection(&pg, "dst"),
     )
     .await;
     assert_eq!(run["state"], json!("Failed"), "{run}");
@@ -323,7 +317,7 @@ async fn odbc_to_postgres_through_a_gateway() {
         &harness,
         &gateway_id,
         odbc(pg.password()),
-        postgres_connection(&pg, "dst"),
+        common::postgres_connection(&pg, "dst"),
     )
     .await;
     assert_eq!(run["state"], json!("Completed"), "{run}");
@@ -345,7 +339,7 @@ async fn odbc_to_postgres_through_a_gateway() {
         &harness,
         &gateway_id,
         whole,
-        postgres_connection(&pg, "dst2"),
+        common::postgres_connection(&pg, "dst2"),
     )
     .await;
     assert_eq!(run["state"], json!("Completed"), "{run}");
@@ -356,7 +350,7 @@ async fn odbc_to_postgres_through_a_gateway() {
         &harness,
         &gateway_id,
         odbc("wrong-password-canary"),
-        postgres_connection(&pg, "dst"),
+        common::postgres_connection(&pg, "dst"),
     )
     .await;
     assert_eq!(run["state"], json!("Failed"), "{run}");
@@ -364,27 +358,6 @@ async fn odbc_to_postgres_through_a_gateway() {
     assert!(error.contains("server=127.0.0.1"), "{error}");
     assert!(!error.contains("wrong-password-canary"), "{error}");
     gateway.shutdown().await;
-}
-
-/// Polls `f` until it returns `Some`, for at most 30 s.
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..300 {
-        if let Some(value) = f().await {
-            return value;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached within 30 s");
-}
-
-/// Count and checksums of `orders`, for comparing source and target.
-fn orders_digest(pg: &PgServer, database: &str) -> String {
-    pg.execute(
-        database,
-        "SELECT count(*), coalesce(sum(id), 0), coalesce(sum(amount), 0), \
-         coalesce(sum(length(note)), 0) FROM orders",
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,12 +386,18 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
 
     let source = harness
         .api
-        .post("/api/v1/connections", postgres_connection(&pg, "src"))
+        .post(
+            "/api/v1/connections",
+            common::postgres_connection(&pg, "src"),
+        )
         .await
         .unwrap();
     let target = harness
         .api
-        .post("/api/v1/connections", postgres_connection(&pg, "dst"))
+        .post(
+            "/api/v1/connections",
+            common::postgres_connection(&pg, "dst"),
+        )
         .await
         .unwrap();
     let task = harness
@@ -441,7 +420,7 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
     let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
 
     // The initial load lands, then changes follow while the run keeps running.
-    let loaded = until("initial load reported", async || {
+    let loaded = common::until("initial load reported", async || {
         let run = harness.api.get(&run_path).await.unwrap();
         (run["replication"]["phase"] == json!("Streaming")).then_some(run)
     })
@@ -456,12 +435,12 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
          INSERT INTO other VALUES (1);",
     )
     .unwrap();
-    let expected = orders_digest(&pg, "src");
-    until("changes applied", async || {
-        (orders_digest(&pg, "dst") == expected).then_some(())
+    let expected = common::orders_digest(&pg, "src");
+    common::until("changes applied", async || {
+        (common::orders_digest(&pg, "dst") == expected).then_some(())
     })
     .await;
-    let streaming = until("changes reported", async || {
+    let streaming = common::until("changes reported", async || {
         let run = harness.api.get(&run_path).await.unwrap();
         (run["replication"]["transactions"].as_u64() >= Some(1)).then_some(run)
     })
@@ -516,7 +495,7 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
          DELETE FROM orders WHERE id BETWEEN 100 AND 150;",
     )
     .unwrap();
-    let warned = until("slot warning", async || {
+    let warned = common::until("slot warning", async || {
         let run = harness.api.get(&run_path).await.unwrap();
         run["replication"]["warning"].is_string().then_some(run)
     })
@@ -543,9 +522,9 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
         .post(&format!("{run_path}/resume"), json!({}))
         .await
         .unwrap();
-    let expected = orders_digest(&pg, "src");
-    until("caught up after resume", async || {
-        (orders_digest(&pg, "dst") == expected).then_some(())
+    let expected = common::orders_digest(&pg, "src");
+    common::until("caught up after resume", async || {
+        (common::orders_digest(&pg, "dst") == expected).then_some(())
     })
     .await;
     harness
@@ -567,7 +546,7 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
     assert_eq!(pg.execute("src", slots).unwrap().trim(), "0");
     assert_eq!(pg.execute("src", publications).unwrap().trim(), "0");
     assert_eq!(
-        orders_digest(&pg, "dst"),
+        common::orders_digest(&pg, "dst"),
         expected,
         "the target was left alone"
     );
@@ -594,7 +573,10 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
     let lake = tempfile::tempdir().unwrap();
     let source = harness
         .api
-        .post("/api/v1/connections", postgres_connection(&pg, "src"))
+        .post(
+            "/api/v1/connections",
+            common::postgres_connection(&pg, "src"),
+        )
         .await
         .unwrap();
     let target = harness
@@ -626,7 +608,7 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
         .await
         .unwrap();
     let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
-    until("initial load", async || {
+    common::until("initial load", async || {
         let run = harness.api.get(&run_path).await.unwrap();
         (run["replication"]["phase"] == json!("Streaming")).then_some(())
     })
@@ -641,7 +623,7 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
         .join("cdc/_tidegate/cdc")
         .join(&task_id)
         .join("manifests");
-    let reported = until("changes stored", async || {
+    let reported = common::until("changes stored", async || {
         let run = harness.api.get(&run_path).await.unwrap();
         (run["replication"]["rows"].as_u64() >= Some(20)).then_some(run)
     })

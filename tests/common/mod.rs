@@ -210,3 +210,41 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
     }
     panic!("condition not reached within 5 s");
 }
+
+/// Polls `f` until it returns `Some`, for at most 60 s.
+pub async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..600 {
+        if let Some(value) = f().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within 60 s");
+}
+
+/// A `postgres` connection to `database` on `server`, as the API takes it.
+pub fn postgres_connection(
+    server: &tidegate_testkit::PgServer,
+    database: &str,
+) -> serde_json::Value {
+    json!({
+        "name": format!("pg-{database}"),
+        "kind": "postgres",
+        "settings": {
+            "host": "127.0.0.1", "port": server.port().to_string(),
+            "database": database, "user": server.user(), "sslmode": "disable"
+        },
+        "secrets": {"password": server.password()}
+    })
+}
+
+/// Count and checksums of table `orders` (`id`, `amount`, `note`), to compare a source with
+/// its target.
+pub fn orders_digest(pg: &tidegate_testkit::PgServer, database: &str) -> String {
+    pg.execute(
+        database,
+        "SELECT count(*), coalesce(sum(id), 0), coalesce(sum(amount), 0), \
+         coalesce(sum(length(note)), 0) FROM orders",
+    )
+    .unwrap()
+}

@@ -1,6 +1,6 @@
 //! Gateway sessions: one task per connected gateway, holding its sealed link.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +13,8 @@ use tidegate_metadata::{
     GatewayRecord, GatewayState, MetadataStore, RunReplication, TableRun, TaskState,
 };
 use tidegate_proto::{
-    Command, CommandId, CommandResult, Goodbye, Heartbeat, Message, ProtocolVersion, Refusal,
-    RefusalReason,
+    Command, CommandId, CommandOutcome, CommandResult, Goodbye, Heartbeat, Message,
+    ProtocolVersion, Refusal, RefusalReason,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -185,6 +185,13 @@ pub(crate) async fn run(
     );
     seen(&shared, &gateway_id, None).await;
     tracing::info!(message = "gateway online", gateway = %gateway_id, version = version.0);
+    if version >= ProtocolVersion(2) {
+        tokio::spawn(reconcile_runs(
+            shared.clone(),
+            gateway_id.clone(),
+            crate::api::now_ms(),
+        ));
+    }
 
     let (mut tx, mut rx) = link.split();
     let mut ticker = tokio::time::interval(interval);
@@ -306,6 +313,57 @@ async fn seen(shared: &Shared, gateway_id: &str, metrics: Option<&tidegate_proto
     }
 }
 
+/// How long a gateway has to list its runs.
+const LIST_RUNS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A gateway keeps its runs in memory only. On a new link, a run the store has starting or
+/// running on the gateway, unchanged since before the link and not among the runs the
+/// gateway lists, was lost with an earlier gateway process (or its start command with an
+/// earlier link): it is marked failed, resumable, so that nobody waits on it.
+async fn reconcile_runs(shared: Arc<Shared>, gateway_id: String, linked_at_ms: i64) {
+    let listed = match shared
+        .sessions
+        .command(&gateway_id, Command::ListRuns, LIST_RUNS_TIMEOUT)
+        .await
+    {
+        Ok(CommandResult {
+            outcome: Ok(CommandOutcome::Runs(runs)),
+            ..
+        }) => runs,
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!(message = "runs of the gateway not reconciled", gateway = %gateway_id, %error);
+            return;
+        }
+    };
+    let listed: HashSet<String> = listed.into_iter().map(|(_, run)| run).collect();
+    let runs = match shared.store.active_runs_on_gateway(&gateway_id).await {
+        Ok(runs) => runs,
+        Err(error) => {
+            tracing::warn!(message = "runs of the gateway not reconciled", gateway = %gateway_id, %error);
+            return;
+        }
+    };
+    for run in runs {
+        if listed.contains(&run.id) || run.updated_at_ms >= linked_at_ms {
+            continue;
+        }
+        tracing::warn!(message = "run lost by its gateway; marked failed", gateway = %gateway_id, run = %run.id);
+        if let Err(error) = shared
+            .store
+            .transition_run(
+                &run.id,
+                run.state,
+                TaskState::Failed,
+                Some("the gateway lost the run (its process ended or restarted); resume it"),
+            )
+            .await
+        {
+            tracing::warn!(message = "lost run not recorded", run = %run.id, %error);
+        }
+    }
+}
+
 /// Whether run `run_id` of task `task_id` is one the gateway was given: a gateway reports
 /// on its own tasks only, never on another gateway's.
 async fn owns_run(shared: &Shared, gateway_id: &str, task_id: &str, run_id: &str) -> bool {
@@ -345,7 +403,9 @@ async fn apply_replication(shared: &Shared, report: tidegate_proto::ReplicationR
         // The slot is in use while the run reports: what an earlier inspection saw is stale.
         slot: None,
         slot_checked_at_ms: None,
-        warning: None,
+        warning: report
+            .retrying
+            .map(|error| format!("retrying after an error: {error}")),
     };
     if let Err(error) = shared
         .store

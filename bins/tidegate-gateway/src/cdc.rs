@@ -176,7 +176,7 @@ fn unix_micros() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-fn replication_report(spec: &TaskSpec, progress: &CdcProgress) -> Message {
+fn replication_report(spec: &TaskSpec, progress: &CdcProgress, retrying: Option<&str>) -> Message {
     Message::Replication(ReplicationReport {
         task_id: spec.task_id.clone(),
         run_id: spec.run_id.clone(),
@@ -192,38 +192,48 @@ fn replication_report(spec: &TaskSpec, progress: &CdcProgress) -> Message {
         load_rows: progress.load_rows,
         transactions: progress.transactions,
         rows: progress.rows,
+        retrying: retrying.map(str::to_owned),
     })
 }
 
 /// Runs a CDC task until it is stopped or fails, and reports its life cycle and position on
-/// `events`. Never panics on task errors: every failure becomes a `Failed` status whose
-/// message names objects and positions, not values. Returns the final state and the rows
-/// made durable (initial load and changes).
+/// `events`. Errors that may pass (the source or target restarting, a dropped connection)
+/// are retried with backoff while the run keeps running; the error is shown on the run
+/// meanwhile. Never panics on task errors: every other failure becomes a `Failed` status
+/// whose message names objects and positions, not values. Returns the final state and the
+/// rows made durable (initial load and changes).
 pub(crate) async fn run_cdc(
     spec: TaskSpec,
     events: mpsc::Sender<Message>,
     cancel: CancellationToken,
 ) -> (TaskState, u64) {
-    let status = |state, error| status(&spec, state, error);
-    let _ = events.send(status(TaskState::Running, None)).await;
+    let _ = events.send(status(&spec, TaskState::Running, None)).await;
     let (progress, mut watched) = watch::channel(CdcProgress::default());
-    let run = capture(&spec, &progress, &cancel);
+    let (retrying_tx, mut retrying) = watch::channel(None::<String>);
+    let run = capture(&spec, &progress, &retrying_tx, &cancel);
     tokio::pin!(run);
     let mut ticker = tokio::time::interval(REPORT_EVERY);
     let result = loop {
         tokio::select! {
             result = &mut run => break result,
             _ = ticker.tick() => {
-                if watched.has_changed().unwrap_or(false) {
+                let changed = watched.has_changed().unwrap_or(false)
+                    | retrying.has_changed().unwrap_or(false);
+                if changed {
                     let now = *watched.borrow_and_update();
+                    // A retried run streaming again is over its error.
+                    if now.phase == CdcPhase::Streaming && retrying.borrow().is_some() {
+                        retrying_tx.send_replace(None);
+                    }
+                    let error = retrying.borrow_and_update().clone();
                     // Reports are advisory: drop one rather than stall the task.
-                    let _ = events.try_send(replication_report(&spec, &now));
+                    let _ = events.try_send(replication_report(&spec, &now, error.as_deref()));
                 }
             }
         }
     };
     let last = *progress.borrow();
-    let _ = events.send(replication_report(&spec, &last)).await;
+    let _ = events.send(replication_report(&spec, &last, None)).await;
     let rows = last.load_rows.saturating_add(last.rows);
     let (state, error) = match result {
         Ok(()) => (TaskState::Stopped, None),
@@ -237,25 +247,58 @@ pub(crate) async fn run_cdc(
             tracing::info!(message = "task stopped", task = %spec.task_id, run = %spec.run_id, checkpoint = %last.checkpoint, transactions = last.transactions);
         }
     }
-    let _ = events.send(status(state, error)).await;
+    let _ = events.send(status(&spec, state, error)).await;
     (state, rows)
 }
 
-/// Opens the source and the sink and runs the task until `cancel` fires.
+/// The longest wait between two attempts of a run that hit an error that may pass.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Opens the source and the sink and runs the task until `cancel` fires; retries errors that
+/// may pass, from the target's checkpoint, with exponential backoff (1 s doubling to 30 s,
+/// back to 1 s once an attempt made progress).
 async fn capture(
     spec: &TaskSpec,
     progress: &watch::Sender<CdcProgress>,
+    retrying: &watch::Sender<Option<String>>,
     cancel: &CancellationToken,
 ) -> Result<(), ErrorReport> {
     let id = cdc_task_id(&spec.task_id)?;
     let source = source_config(&spec.source)?;
-    let tables = tables(spec).await?;
-    let mut sink = open_change_sink(spec.kind, &id, &spec.target).await?;
-    let config = CdcTaskConfig::new(id, source, tables);
-    tidegate_cdc::run_cdc_task_with_progress(&config, sink.as_mut(), cancel.clone(), progress)
-        .await
-        .map(drop)
-        .map_err(|e| cdc_error(&e))
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let before = *progress.borrow();
+        let attempt = async {
+            let tables = tables(spec).await?;
+            let mut sink = open_change_sink(spec.kind, &id, &spec.target).await?;
+            let config = CdcTaskConfig::new(id.clone(), source.clone(), tables);
+            tidegate_cdc::run_cdc_task_with_progress(
+                &config,
+                sink.as_mut(),
+                cancel.clone(),
+                progress,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| cdc_error(&e))
+        };
+        let error = match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.retryable && !cancel.is_cancelled() => error,
+            Err(error) => return Err(error),
+        };
+        if progress.borrow().checkpoint > before.checkpoint {
+            delay = Duration::from_secs(1);
+        }
+        tracing::warn!(message = "task retrying", task = %spec.task_id, run = %spec.run_id, error = %error.message, in_s = delay.as_secs());
+        progress.send_modify(|now| now.phase = CdcPhase::Starting);
+        retrying.send_replace(Some(error.message));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => return Ok(()),
+        }
+        delay = (delay * 2).min(RETRY_MAX);
+    }
 }
 
 fn slot_report(info: SlotInfo) -> SlotReport {

@@ -483,6 +483,12 @@ impl Worker {
                 ),
                 false,
             ))),
+            Command::ListRuns => answer(Ok(CommandOutcome::Runs(
+                self.tasks
+                    .iter()
+                    .map(|(task_id, task)| (task_id.clone(), task.run_id.clone()))
+                    .collect(),
+            ))),
             Command::InspectReplication { task_id, source } => {
                 let events = events.clone();
                 tokio::spawn(async move {

@@ -232,8 +232,9 @@ pub enum Error {
         count: u64,
     },
 
-    /// A statement at a PostgreSQL target failed.
-    #[error("target {target}: {what} failed")]
+    /// A statement at a PostgreSQL target failed. The text carries the server's SQLSTATE and
+    /// primary message (names, never values: those are in its `DETAIL`, which is left out).
+    #[error("target {target}: {what} failed{}", server_summary(.source))]
     Target {
         /// The table, or `host:port/database`.
         target: String,
@@ -298,10 +299,16 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } => true,
-            Error::Target { source, .. } => matches!(
-                source,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            ),
+            Error::Target { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+                // As for the source, plus 40: serialization failures and deadlocks.
+                sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+                    ["08", "40", "53", "57"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }),
+                _ => false,
+            },
             Error::ObjectStore { .. } | Error::SlotActive { .. } => true,
             // 08: connection exception, 53: insufficient resources, 57: operator intervention
             // (shutdown, admin termination), 55006: object in use (a slot active elsewhere).
@@ -317,5 +324,18 @@ impl Error {
             ),
             _ => false,
         }
+    }
+}
+
+/// `: <SQLSTATE> <primary message>` of a database error, or nothing for other errors.
+fn server_summary(source: &sqlx::Error) -> String {
+    match source {
+        sqlx::Error::Database(database) => format!(
+            ": {} {}",
+            database.code().as_deref().unwrap_or("?????"),
+            database.message()
+        ),
+        sqlx::Error::Io(_) => ": the connection was lost".to_owned(),
+        _ => String::new(),
     }
 }

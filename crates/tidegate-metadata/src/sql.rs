@@ -1750,6 +1750,23 @@ impl MetadataStore for SqlStore {
         }
     }
 
+    async fn active_runs_on_gateway(&self, gateway_id: &str) -> Result<Vec<TaskRunRecord>, Error> {
+        let sql = concat!(
+            "SELECT ",
+            run_cols!(),
+            " FROM task_runs WHERE state IN ('starting', 'running') AND task_id IN ",
+            "(SELECT id FROM data_tasks WHERE gateway_id = $1) ORDER BY started_at_ms, id"
+        );
+        sqlx::query(sql)
+            .bind(gateway_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing the runs on a gateway"))?
+            .iter()
+            .map(run_row)
+            .collect()
+    }
+
     async fn idle_capture_runs(&self, tenant_id: &str) -> Result<Vec<TaskRunRecord>, Error> {
         let sql = concat!(
             "SELECT ",

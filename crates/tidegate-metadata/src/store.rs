@@ -379,6 +379,11 @@ pub trait MetadataStore: Send + Sync {
         id: &str,
         tables: &BTreeMap<String, TableRun>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The starting and running runs of the tasks assigned to a gateway, oldest first.
+    fn active_runs_on_gateway(
+        &self,
+        gateway_id: &str,
+    ) -> impl Future<Output = Result<Vec<TaskRunRecord>, Error>> + Send;
     /// The latest run of each change data capture and store changes task of the tenant, if
     /// that run is stopped or failed: tasks whose replication slot is kept at the source
     /// while nothing reads from it. At most 10,000, oldest first.

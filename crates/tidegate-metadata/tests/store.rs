@@ -1050,6 +1050,9 @@ async fn capture_runs(db: &TestDb) -> Result<()> {
 
     let first = store.create_run(&capture.id).await?;
     ensure!(first.replication.is_none());
+    let on_gateway = store.active_runs_on_gateway(&f.gateway_id).await?;
+    ensure!(on_gateway.len() == 1 && on_gateway[0].id == first.id);
+    ensure!(store.active_runs_on_gateway("gw_other").await?.is_empty());
     let reported = RunReplication {
         phase: Some(ReplicationPhase::Streaming),
         checkpoint_lsn: Some("0/16B3748".into()),
@@ -1076,6 +1079,12 @@ async fn capture_runs(db: &TestDb) -> Result<()> {
     store
         .transition_run(&first.id, TaskState::Running, TaskState::Stopped, None)
         .await?;
+    ensure!(
+        store
+            .active_runs_on_gateway(&f.gateway_id)
+            .await?
+            .is_empty()
+    );
     let idle = store.idle_capture_runs(&f.tenant_id).await?;
     ensure!(idle.len() == 1 && idle[0].id == first.id && idle[0].replication == Some(reported));
 

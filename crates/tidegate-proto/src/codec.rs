@@ -378,6 +378,7 @@ mod tests {
                 load_rows: 1000,
                 transactions: 3,
                 rows: 7,
+                retrying: Some("source 127.0.0.1:5432/shop: connection refused".into()),
             }),
             Message::CommandResult(CommandResult {
                 id: CommandId(6),

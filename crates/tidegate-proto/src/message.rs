@@ -172,6 +172,10 @@ pub enum Command {
         /// Its source connection.
         source: ConnectionSpec,
     },
+    /// Protocol 2: list the runs this gateway process is running. Answered with
+    /// [`CommandOutcome::Runs`]; the control plane asks on every new link, and a run it
+    /// believes running that the list lacks was lost (the gateway restarted).
+    ListRuns,
     /// Protocol 2: drop the replication slot and publication of a deleted change data
     /// capture task at its source. Answered with [`CommandOutcome::Slot`] (the slot as it
     /// was, `None` if there was none); refused while the task runs.
@@ -279,6 +283,8 @@ pub enum CommandOutcome {
     Schema(Vec<TableDescription>),
     /// A change data capture task's replication slot, `None` if it does not exist.
     Slot(Option<SlotReport>),
+    /// The runs a gateway is running: (task id, run id).
+    Runs(Vec<(String, String)>),
 }
 
 /// A replication slot as its source server shows it.
@@ -319,6 +325,9 @@ pub struct ReplicationReport {
     pub transactions: u64,
     /// Change rows made durable at the target by this run.
     pub rows: u64,
+    /// While the run retries after an error that may pass (the source restarting, a
+    /// connection dropped): that error. The run keeps its state meanwhile.
+    pub retrying: Option<String>,
 }
 
 /// The phases of a change data capture run.
