@@ -257,6 +257,7 @@ impl ControlPlane {
             temp_dir: Mutex::new(prepared.temp_dir),
         });
         tokio::spawn(slots::watch(shared.clone()));
+        tokio::spawn(sessions::flush_seen(shared.clone()));
         let router = api::router(shared.clone());
         let task = tokio::spawn(tls::serve(
             listener,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tidegate_channel::ChannelBinding;
 use tidegate_link::{Admission, ControlPlaneHandshake, LinkConfig, TransportError};
 use tidegate_metadata::{
-    GatewayRecord, GatewayState, MetadataStore, RunReplication, TableRun, TaskState,
+    GatewayRecord, GatewaySeen, GatewayState, MetadataStore, RunReplication, TableRun, TaskState,
 };
 use tidegate_proto::{
     Command, CommandId, CommandOutcome, CommandResult, Goodbye, Heartbeat, Message,
@@ -39,7 +39,14 @@ struct Handle {
 pub(crate) struct Sessions {
     next_connection: AtomicU64,
     handles: Mutex<HashMap<String, Handle>>,
+    /// Gateways heard from since the last write to the store, by id: when, and their latest
+    /// metrics. Written in one transaction per [`SEEN_FLUSH_EVERY`], so that thousands of
+    /// links do not each wait for a database write on every heartbeat.
+    seen: Mutex<HashMap<String, (i64, Option<tidegate_proto::MetricsReport>)>>,
 }
+
+/// How often the gateways heard from are written to the store.
+pub(crate) const SEEN_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
@@ -302,14 +309,49 @@ async fn record_admission(shared: &Shared, mut gateway: GatewayRecord, decision:
     }
 }
 
-/// Records that a gateway was heard from, with its metrics if it sent some.
+/// Notes that a gateway was heard from, with its metrics if it sent some; written to the store
+/// by [`flush_seen`] within [`SEEN_FLUSH_EVERY`].
 async fn seen(shared: &Shared, gateway_id: &str, metrics: Option<&tidegate_proto::MetricsReport>) {
-    if let Err(error) = shared
-        .store
-        .record_gateway_seen(gateway_id, crate::api::now_ms(), metrics)
-        .await
-    {
-        tracing::warn!(message = "gateway heartbeat not recorded", gateway = %gateway_id, %error);
+    let now = crate::api::now_ms();
+    let mut seen = shared
+        .sessions
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let entry = seen.entry(gateway_id.to_owned()).or_insert((now, None));
+    entry.0 = now;
+    if let Some(metrics) = metrics {
+        entry.1 = Some(metrics.clone());
+    }
+}
+
+/// Writes the gateways heard from to the store, every [`SEEN_FLUSH_EVERY`] until shutdown,
+/// and once more then.
+pub(crate) async fn flush_seen(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(SEEN_FLUSH_EVERY);
+    loop {
+        let stop = tokio::select! {
+            _ = ticker.tick() => false,
+            () = shared.shutdown.cancelled() => true,
+        };
+        let batch: Vec<GatewaySeen> = shared
+            .sessions
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(id, (seen_at_ms, metrics))| GatewaySeen {
+                id,
+                seen_at_ms,
+                metrics,
+            })
+            .collect();
+        if let Err(error) = shared.store.record_gateways_seen(&batch).await {
+            tracing::warn!(message = "gateway heartbeats not recorded", gateways = batch.len(), %error);
+        }
+        if stop {
+            return;
+        }
     }
 }
 

@@ -515,6 +515,17 @@ pub struct DataTaskRecord {
     pub version: i64,
 }
 
+/// A gateway heard from, for [`MetadataStore::record_gateways_seen`](crate::MetadataStore::record_gateways_seen).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewaySeen {
+    /// The gateway.
+    pub id: String,
+    /// When it was last heard from.
+    pub seen_at_ms: i64,
+    /// Its latest metrics, if it sent some since the last record.
+    pub metrics: Option<MetricsReport>,
+}
+
 /// One run of a data task as the store keeps it.
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskRunRecord {

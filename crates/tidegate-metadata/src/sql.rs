@@ -19,11 +19,12 @@ use tidegate_proto::{MetricsReport, TableSelection, TaskState};
 use crate::validate::{check_bytes, check_len, check_name, check_text};
 use crate::{
     AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, Cursor, DataKey, DataProduct,
-    DataSpace, DataTaskRecord, Error, GatewayRecord, GatewayState, LoginSession, MetadataStore,
-    NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace, NewDataTask,
-    NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page, PageRequest,
-    PasswordHash, RunReplication, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment,
-    SystemRoleAssignment, TableRun, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
+    DataSpace, DataTaskRecord, Error, GatewayRecord, GatewaySeen, GatewayState, LoginSession,
+    MetadataStore, NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace,
+    NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page,
+    PageRequest, PasswordHash, RunReplication, SchemaSnapshot, SealedCredentials,
+    SpaceRoleAssignment, SystemRoleAssignment, TableRun, TaskRunRecord, TaskType, Tenant,
+    TokenDigest, User,
 };
 
 /// The schema version this build migrates to.
@@ -1403,6 +1404,33 @@ impl MetadataStore for SqlStore {
             0 => Err(not_found("gateway", id)),
             _ => Ok(()),
         }
+    }
+
+    async fn record_gateways_seen(&self, seen: &[GatewaySeen]) -> Result<(), Error> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let op = "recording gateway heartbeats";
+        let mut tx = self.pool.begin().await.map_err(db(op))?;
+        for one in seen {
+            let metrics = one
+                .metrics
+                .as_ref()
+                .map(|m| to_json("metrics", m))
+                .transpose()?;
+            // A gateway deleted meanwhile matches no row: nothing to record.
+            sqlx::query(concat!(
+                "UPDATE gateways SET last_seen_at_ms = $2, metrics = COALESCE($3, metrics) ",
+                "WHERE id = $1"
+            ))
+            .bind(one.id.clone())
+            .bind(one.seen_at_ms)
+            .bind(metrics)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+        }
+        tx.commit().await.map_err(db(op))
     }
 
     async fn delete_gateway(&self, id: &str) -> Result<(), Error> {

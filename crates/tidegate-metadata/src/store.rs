@@ -7,10 +7,10 @@ use tidegate_proto::TaskState;
 
 use crate::{
     AuditEvent, AuditFilter, ConnectionRecord, DataKey, DataSpace, DataTaskRecord, Error,
-    GatewayRecord, LoginSession, NewAuditEvent, NewConnection, NewDataKey, NewDataSpace,
-    NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page,
-    PageRequest, RunReplication, SchemaSnapshot, SpaceRoleAssignment, SystemRoleAssignment,
-    TableRun, TaskRunRecord, Tenant, TokenDigest, User,
+    GatewayRecord, GatewaySeen, LoginSession, NewAuditEvent, NewConnection, NewDataKey,
+    NewDataSpace, NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser,
+    OidcIdentity, Page, PageRequest, RunReplication, SchemaSnapshot, SpaceRoleAssignment,
+    SystemRoleAssignment, TableRun, TaskRunRecord, Tenant, TokenDigest, User,
 };
 use crate::{DataProduct, NewDataProduct};
 
@@ -299,6 +299,11 @@ pub trait MetadataStore: Send + Sync {
         id: &str,
         seen_at_ms: i64,
         metrics: Option<&tidegate_proto::MetricsReport>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Records many heartbeats in one transaction; gateways that no longer exist are skipped.
+    fn record_gateways_seen(
+        &self,
+        seen: &[GatewaySeen],
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Deletes a gateway no task uses.
     fn delete_gateway(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;

@@ -19,6 +19,9 @@ use super::{ApiError, Body, Ctx, ListQuery, Query, now_ms, page_of};
 use crate::Shared;
 use crate::tls::TlsInfo;
 
+/// The read buffer of a gateway's WebSocket; larger messages are read in several reads.
+const LINK_READ_BUFFER: usize = 4096;
+
 /// A gateway as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct GatewayView {
@@ -370,7 +373,11 @@ pub(crate) async fn connect(
     )
     .map_err(|e| reject(&e.to_string()))?;
     let binding = tls.channel_binding;
+    // The link carries small sealed frames: buffers of WebSocket's default 128 KiB each way
+    // would be most of what an idle gateway costs the control plane.
     Ok(ws
+        .read_buffer_size(LINK_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(tidegate_proto::DEFAULT_MAX_FRAME_LEN + tidegate_channel::OVERHEAD)
         .on_upgrade(move |socket| crate::sessions::run(shared, gateway, socket, binding)))
 }
