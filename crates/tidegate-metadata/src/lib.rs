@@ -59,7 +59,7 @@ pub use records::{
     NewUser, OidcIdentity, PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment,
     SystemRoleAssignment, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
 };
-pub use sql::{Backend, SCHEMA_VERSION, SqlStore, StoreOptions};
+pub use sql::{Backend, SCHEMA_VERSION, SqlStore, StoreOptions, WriteTx};
 pub use store::MetadataStore;
 pub use validate::validate_name;
 
