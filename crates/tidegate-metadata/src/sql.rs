@@ -1837,6 +1837,31 @@ impl fmt::Debug for WriteTx {
 }
 
 impl WriteTx {
+    /// See [`MetadataStore::connection`]. Sees the transaction's own writes; on SQLite, where
+    /// the transaction holds the write lock, nobody changes it before the commit.
+    pub async fn connection(&mut self, id: &str) -> Result<ConnectionRecord, Error> {
+        by_id(
+            &mut *self.tx,
+            CONNECTION_BY_ID,
+            ("reading a connection", "connection"),
+            connection_row,
+            id,
+        )
+        .await
+    }
+
+    /// See [`MetadataStore::task`]; what [`WriteTx::connection`] says holds.
+    pub async fn task(&mut self, id: &str) -> Result<DataTaskRecord, Error> {
+        by_id(
+            &mut *self.tx,
+            TASK_BY_ID,
+            ("reading a data task", "data task"),
+            task_row,
+            id,
+        )
+        .await
+    }
+
     /// See [`MetadataStore::create_connection`].
     pub async fn create_connection(
         &mut self,

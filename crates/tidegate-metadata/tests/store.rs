@@ -1275,6 +1275,11 @@ async fn writes_commit_together(db: &TestDb) -> Result<()> {
     let mut tx = store.begin_write().await?;
     let created = tx.create_connection(&new("warehouse")).await?;
     not_found(store.connection(&created.id).await, "connection")?;
+    ensure!(
+        tx.connection(&created.id).await? == created,
+        "it sees its own writes"
+    );
+    ensure!(tx.task(&f.task_id).await? == store.task(&f.task_id).await?);
     let renamed = tx
         .update_connection(&tidegate_metadata::ConnectionRecord {
             name: "warehouse 2".into(),
