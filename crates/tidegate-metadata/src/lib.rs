@@ -54,10 +54,10 @@ pub use model::{Connection, ConnectionView, DataTask, Gateway, GatewayState, Tab
 pub use page::{Cursor, MAX_PAGE_LIMIT, Page, PageRequest};
 pub use records::{
     AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, DataKey, DataProduct, DataSpace,
-    DataTaskRecord, GatewayRecord, LoginSession, NewAuditEvent, NewConnection, NewDataKey,
-    NewDataProduct, NewDataSpace, NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot,
-    NewUser, OidcIdentity, PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment,
-    SystemRoleAssignment, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
+    DataTaskRecord, GatewayRecord, HeldRoles, LoginSession, NewAuditEvent, NewConnection,
+    NewDataKey, NewDataProduct, NewDataSpace, NewDataTask, NewGateway, NewLoginSession,
+    NewSchemaSnapshot, NewUser, OidcIdentity, PasswordHash, SchemaSnapshot, SealedCredentials,
+    SpaceRoleAssignment, SystemRoleAssignment, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
 };
 pub use sql::{Backend, SCHEMA_VERSION, SqlStore, StoreOptions, WriteTx};
 pub use store::MetadataStore;

@@ -20,11 +20,11 @@ use tidegate_proto::{MetricsReport, TableSelection, TaskState};
 use crate::validate::{check_bytes, check_len, check_name, check_text};
 use crate::{
     AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, Cursor, DataKey, DataProduct,
-    DataSpace, DataTaskRecord, Error, GatewayRecord, GatewayState, LoginSession, MetadataStore,
-    NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace, NewDataTask,
-    NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page, PageRequest,
-    PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment,
-    TableRun, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
+    DataSpace, DataTaskRecord, Error, GatewayRecord, GatewayState, HeldRoles, LoginSession,
+    MetadataStore, NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace,
+    NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page,
+    PageRequest, PasswordHash, SchemaSnapshot, SealedCredentials, SpaceRoleAssignment,
+    SystemRoleAssignment, TableRun, TaskRunRecord, TaskType, Tenant, TokenDigest, User,
 };
 
 /// The schema version this build migrates to.
@@ -1106,6 +1106,29 @@ impl MetadataStore for SqlStore {
         .await
     }
 
+    async fn held_roles(&self, user_id: &str, space_id: Option<&str>) -> Result<HeldRoles, Error> {
+        let sql = concat!(
+            "SELECT 'system' AS scope, role FROM user_system_roles WHERE user_id = $1 ",
+            "UNION ALL SELECT 'space' AS scope, role FROM space_roles ",
+            "WHERE user_id = $1 AND space_id = $2"
+        );
+        let rows = sqlx::query(sql)
+            .bind(user_id.to_owned())
+            .bind(space_id.map(str::to_owned))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading a user's roles"))?;
+        let mut held = HeldRoles::default();
+        for row in &rows {
+            let role = get(row, "role")?;
+            match get::<String>(row, "scope")?.as_str() {
+                "system" => held.system.push(role),
+                _ => held.in_space.push(role),
+            }
+        }
+        Ok(held)
+    }
+
     async fn space_members(
         &self,
         space_id: &str,
@@ -1164,9 +1187,21 @@ impl MetadataStore for SqlStore {
     }
 
     async fn valid_session(&self, token: &TokenDigest, now_ms: i64) -> Result<LoginSession, Error> {
+        Ok(self.valid_session_user(token, now_ms).await?.0)
+    }
+
+    async fn valid_session_user(
+        &self,
+        token: &TokenDigest,
+        now_ms: i64,
+    ) -> Result<(LoginSession, User), Error> {
+        // The session's columns that the user's share are renamed.
         let sql = concat!(
-            "SELECT s.id, s.user_id, s.token_sha256, s.created_at_ms, s.expires_at_ms, ",
-            "s.revoked_at_ms FROM login_sessions s JOIN users u ON u.id = s.user_id ",
+            "SELECT s.id AS session_id, s.user_id, s.token_sha256, ",
+            "s.created_at_ms AS session_created_at_ms, s.expires_at_ms, s.revoked_at_ms, ",
+            "u.id, u.tenant_id, u.username, u.display_name, u.email, u.password_hash, ",
+            "u.oidc_issuer, u.oidc_subject, u.disabled, u.created_at_ms, u.updated_at_ms, ",
+            "u.version FROM login_sessions s JOIN users u ON u.id = s.user_id ",
             "WHERE s.token_sha256 = $1 AND s.revoked_at_ms IS NULL AND s.expires_at_ms > $2 ",
             "AND u.disabled = $3"
         );
@@ -1174,7 +1209,11 @@ impl MetadataStore for SqlStore {
             .bind(token.as_bytes().to_vec())
             .bind(now_ms)
             .bind(false);
-        self.one("checking a login session", query, session_row)
+        let decode = |row: &AnyRow| {
+            let session = session_columns(row, "session_id", "session_created_at_ms")?;
+            Ok((session, user_row(row)?))
+        };
+        self.one("checking a login session", query, decode)
             .await?
             .ok_or_else(|| not_found("login session", "for this token"))
     }
@@ -2291,14 +2330,19 @@ fn space_role_row(row: &AnyRow) -> Result<SpaceRoleAssignment, Error> {
 }
 
 fn session_row(row: &AnyRow) -> Result<LoginSession, Error> {
+    session_columns(row, "id", "created_at_ms")
+}
+
+/// A session from its columns, with `id` and `created_at_ms` named as given.
+fn session_columns(row: &AnyRow, id: &str, created_at_ms: &str) -> Result<LoginSession, Error> {
     Ok(LoginSession {
-        id: get(row, "id")?,
+        id: get(row, id)?,
         user_id: get(row, "user_id")?,
         token: get_digest(row, "token_sha256")?.ok_or_else(|| Error::Invalid {
             field: "token_sha256",
             reason: "missing".into(),
         })?,
-        created_at_ms: get(row, "created_at_ms")?,
+        created_at_ms: get(row, created_at_ms)?,
         expires_at_ms: get(row, "expires_at_ms")?,
         revoked_at_ms: get(row, "revoked_at_ms")?,
     })

@@ -427,6 +427,19 @@ async fn roles(db: &TestDb) -> Result<()> {
         .space_roles_of_user(&alice.id, &PageRequest::first(10))
         .await?;
     ensure!(page.items.len() == 2 && page.next.is_none());
+    // What one decision needs: the system roles, and those in the space asked about.
+    let sorted = |mut names: Vec<String>| {
+        names.sort();
+        names
+    };
+    let held = store.held_roles(&alice.id, Some(&finance.id)).await?;
+    ensure!(held.system == ["data_space_creator"]);
+    ensure!(sorted(held.in_space) == ["can_operate", "owner"]);
+    let held = store.held_roles(&alice.id, None).await?;
+    ensure!(held.system == ["data_space_creator"] && held.in_space.is_empty());
+    let held = store.held_roles(&alice.id, Some(&foreign.id)).await?;
+    ensure!(held.in_space.is_empty());
+    ensure!(store.held_roles("usr_missing", Some(&finance.id)).await? == Default::default());
     ensure!(
         store
             .revoke_space_role(&alice.id, &finance.id, "can_operate")
@@ -475,6 +488,7 @@ async fn sessions(db: &TestDb) -> Result<()> {
         .await?;
     ensure!(session.token == token && session.revoked_at_ms.is_none());
     ensure!(store.valid_session(&token, now).await? == session);
+    ensure!(store.valid_session_user(&token, now).await? == (session.clone(), alice.clone()));
     // Expired at its expiry instant.
     not_found(
         store.valid_session(&token, now + 60_000).await,
@@ -500,6 +514,7 @@ async fn sessions(db: &TestDb) -> Result<()> {
     disabled.disabled = true;
     let disabled = store.update_user(&disabled).await?;
     not_found(store.valid_session(&token, now).await, "login session")?;
+    not_found(store.valid_session_user(&token, now).await, "login session")?;
     let mut enabled = disabled.clone();
     enabled.disabled = false;
     store.update_user(&enabled).await?;
@@ -509,6 +524,7 @@ async fn sessions(db: &TestDb) -> Result<()> {
     store.revoke_session(&session.id, now + 9).await?;
     ensure!(store.session(&session.id).await?.revoked_at_ms == Some(now + 5));
     not_found(store.valid_session(&token, now).await, "login session")?;
+    not_found(store.valid_session_user(&token, now).await, "login session")?;
 
     for i in 0..3 {
         store
