@@ -54,13 +54,13 @@ pub use model::{Connection, ConnectionView, DataTask, Gateway, GatewayState, Tab
 pub use page::{Cursor, MAX_PAGE_LIMIT, Page, PageRequest};
 pub use records::{
     AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, DataKey, DataProduct, DataSpace,
-    DataTaskRecord, GatewayRecord, GatewaySeen, LoginSession, NewAuditEvent, NewConnection,
-    NewDataKey, NewDataProduct, NewDataSpace, NewDataTask, NewGateway, NewLoginSession,
-    NewSchemaSnapshot, NewUser, OidcIdentity, PasswordHash, RunReplication, SchemaSnapshot,
-    SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment, TaskRunRecord, TaskType, Tenant,
-    TokenDigest, User,
+    DataTaskRecord, GatewayRecord, GatewaySeen, HeldRoles, LoginSession, NewAuditEvent,
+    NewConnection, NewDataKey, NewDataProduct, NewDataSpace, NewDataTask, NewGateway,
+    NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, PasswordHash, RunReplication,
+    SchemaSnapshot, SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment, TaskRunRecord,
+    TaskType, Tenant, TokenDigest, User,
 };
-pub use sql::{Backend, SCHEMA_VERSION, SqlStore, StoreOptions};
+pub use sql::{Backend, SCHEMA_VERSION, SqlStore, StoreOptions, WriteTx};
 pub use store::MetadataStore;
 pub use validate::validate_name;
 

@@ -182,6 +182,16 @@ pub struct SystemRoleAssignment {
     pub granted_at_ms: i64,
 }
 
+/// The names of the roles one user holds, as one authorization decision needs them:
+/// [`MetadataStore::held_roles`](crate::MetadataStore::held_roles).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldRoles {
+    /// Its system roles.
+    pub system: Vec<String>,
+    /// Its roles in the data space asked about; none if none was.
+    pub in_space: Vec<String>,
+}
+
 /// A role a user holds in one data space (`owner`, `can_view`, `can_operate`, ...).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SpaceRoleAssignment {

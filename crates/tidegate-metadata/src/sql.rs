@@ -13,18 +13,19 @@ use serde::de::DeserializeOwned;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{Any, AnyPool, Row, SqlStr};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, SqlStr};
 use tidegate_proto::{MetricsReport, TableSelection, TaskState};
 
 use crate::validate::{check_bytes, check_len, check_name, check_text};
 use crate::{
     AuditEvent, AuditFilter, AuditOutcome, ConnectionRecord, Cursor, DataKey, DataProduct,
-    DataSpace, DataTaskRecord, Error, GatewayRecord, GatewaySeen, GatewayState, LoginSession,
-    MetadataStore, NewAuditEvent, NewConnection, NewDataKey, NewDataProduct, NewDataSpace,
-    NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser, OidcIdentity, Page,
-    PageRequest, PasswordHash, RunReplication, SchemaSnapshot, SealedCredentials,
-    SpaceRoleAssignment, SystemRoleAssignment, TableRun, TaskRunRecord, TaskType, Tenant,
-    TokenDigest, User,
+    DataSpace, DataTaskRecord, Error, GatewayRecord, GatewaySeen, GatewayState, HeldRoles,
+    LoginSession, MetadataStore, NewAuditEvent, NewConnection, NewDataKey, NewDataProduct,
+    NewDataSpace, NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser,
+    OidcIdentity, Page, PageRequest, PasswordHash, RunReplication, SchemaSnapshot,
+    SealedCredentials, SpaceRoleAssignment, SystemRoleAssignment, TableRun, TaskRunRecord,
+    TaskType, Tenant, TokenDigest, User,
 };
 
 /// The schema version this build migrates to.
@@ -169,8 +170,12 @@ impl fmt::Debug for StoreOptions {
 ///   PostgreSQL, so control planes starting together migrate once).
 ///
 /// * SQLite connections run in WAL mode with foreign keys on and a 5 s busy timeout: readers
-///   never wait, writers take turns. A transaction that writes does so first, so it holds the
-///   write lock before it reads.
+///   never wait, writers take turns. SQLite lets one connection write at a time, and a writer
+///   that finds the lock taken sleep-polls for it (1, 2, 5, 10 ms and longer), holding its
+///   pooled connection meanwhile; so every write of a store on a SQLite file goes through one
+///   connection of its own, for which writers queue in order, and the busy timeout only
+///   matters for other processes writing to the file. A transaction that writes does so first,
+///   so it holds the write lock before it reads.
 /// * Optional filters are `($n IS NULL OR column = $n)` in static SQL, and the keyset is
 ///   `(key, id) > ($k, $i)`; every list has an index on its filter and sort key.
 ///
@@ -179,7 +184,10 @@ impl fmt::Debug for StoreOptions {
 /// must include the backend of the URL).
 #[derive(Clone)]
 pub struct SqlStore {
+    /// Reads, and on PostgreSQL writes too.
     pool: AnyPool,
+    /// Writes: on a SQLite file, a pool of one connection of its own; otherwise `pool`.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -206,19 +214,19 @@ impl SqlStore {
         let backend = Backend::of_url(&options.url)?;
         let in_memory = backend == Backend::Sqlite
             && (options.url.contains(":memory:") || options.url.contains("mode=memory"));
-        let mut pool = AnyPoolOptions::new()
+        let mut pool_options = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout);
         if in_memory {
             // Every connection to `sqlite::memory:` is its own database: keep exactly one.
-            pool = pool
+            pool_options = pool_options
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
         if backend == Backend::Sqlite {
-            pool = pool.after_connect(move |conn, _| {
+            pool_options = pool_options.after_connect(move |conn, _| {
                 Box::pin(async move {
                     if !in_memory {
                         sqlx::query("PRAGMA journal_mode = WAL")
@@ -235,13 +243,21 @@ impl SqlStore {
                 })
             });
         }
-        let pool = pool
-            .connect(&options.url)
-            .await
-            .map_err(|source| Error::Database {
-                operation: "connecting to the metadata database",
-                source,
-            })?;
+        let connect = |pool: AnyPoolOptions| async move {
+            pool.connect(&options.url)
+                .await
+                .map_err(|source| Error::Database {
+                    operation: "connecting to the metadata database",
+                    source,
+                })
+        };
+        let pool = connect(pool_options.clone()).await?;
+        // A SQLite file has a connection of its own for writes (see the type's docs).
+        let writer = if backend == Backend::Sqlite && !in_memory {
+            connect(pool_options.max_connections(1)).await?
+        } else {
+            pool.clone()
+        };
         let migrations = MIGRATIONS
             .iter()
             .map(|&(version, description, sqlite, postgres)| {
@@ -262,11 +278,15 @@ impl SqlStore {
             migrations: Cow::Owned(migrations),
             ..Migrator::DEFAULT
         };
-        migrator.run(&pool).await.map_err(|e| Error::Database {
+        migrator.run(&writer).await.map_err(|e| Error::Database {
             operation: "migrating the metadata database",
             source: e.into(),
         })?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            writer,
+            backend,
+        })
     }
 
     /// The database behind the store.
@@ -293,45 +313,33 @@ impl SqlStore {
 
     /// Closes every connection; later operations fail.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
+    /// Reads one row, if any.
     async fn one<T>(
         &self,
         operation: &'static str,
         query: Query,
         decode: fn(&AnyRow) -> Result<T, Error>,
     ) -> Result<Option<T>, Error> {
-        query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db(operation))?
-            .as_ref()
-            .map(decode)
-            .transpose()
+        fetch_row(&self.pool, operation, query, decode).await
     }
 
-    /// Like [`one`](Self::one), but a foreign-key refusal is `on_foreign_key()`.
-    async fn one_or<T>(
+    /// Writes, returning one row if the statement did.
+    async fn write_one<T>(
         &self,
         operation: &'static str,
         query: Query,
         decode: fn(&AnyRow) -> Result<T, Error>,
-        on_foreign_key: fn() -> Error,
     ) -> Result<Option<T>, Error> {
-        match query.fetch_optional(&self.pool).await {
-            Ok(row) => row.as_ref().map(decode).transpose(),
-            Err(e) if is_foreign_key(&e) => Err(on_foreign_key()),
-            Err(e) => Err(map_db_error(operation, e)),
-        }
+        fetch_row(&self.writer, operation, query, decode).await
     }
 
+    /// Writes; how many rows the statement changed.
     async fn affected(&self, operation: &'static str, query: Query) -> Result<u64, Error> {
-        Ok(query
-            .execute(&self.pool)
-            .await
-            .map_err(db(operation))?
-            .rows_affected())
+        rows_affected(&self.writer, operation, query).await
     }
 
     /// One page: `query` has its filter parameters bound and takes three more, in order: the
@@ -367,8 +375,7 @@ impl SqlStore {
         Ok(Page { items, next })
     }
 
-    /// The row an optimistic update returned. None means the object is gone (`exists`, a
-    /// query by id, finds nothing) or another writer changed its version first.
+    /// The row an optimistic update returned: see [`updated`].
     async fn updated<T>(
         &self,
         kind: &'static str,
@@ -376,22 +383,10 @@ impl SqlStore {
         id: &str,
         row: Option<T>,
     ) -> Result<T, Error> {
-        if let Some(row) = row {
-            return Ok(row);
-        }
-        let found = sqlx::query(exists)
-            .bind(id.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("checking an update"))?;
-        Err(match found {
-            Some(_) => stale(kind, id),
-            None => not_found(kind, id),
-        })
+        updated(&self.pool, kind, exists, id, row).await
     }
 
-    /// Deletes one row by id; a foreign-key refusal becomes a conflict naming what still uses
-    /// it.
+    /// Deletes one row by id: see [`delete_by_id`].
     async fn delete(
         &self,
         sql: &'static str,
@@ -399,43 +394,31 @@ impl SqlStore {
         id: &str,
         in_use_by: &str,
     ) -> Result<(), Error> {
-        match sqlx::query(sql)
-            .bind(id.to_owned())
-            .execute(&self.pool)
-            .await
-        {
-            Ok(done) if done.rows_affected() == 0 => Err(not_found(kind, id)),
-            Ok(_) => Ok(()),
-            Err(e) if is_foreign_key(&e) => Err(Error::Conflict(format!(
-                "{kind} {id} is still used by {in_use_by}"
-            ))),
-            Err(e) => Err(map_db_error("deleting", e)),
-        }
+        delete_by_id(&self.writer, sql, kind, id, in_use_by).await
     }
 
-    /// Says why a task's references were refused: a missing object, or one of another space.
-    async fn task_refs_error(
-        &self,
-        space_id: &str,
-        source: &str,
-        target: &str,
-        gateway: &str,
-    ) -> Error {
-        for (field, id) in [
-            ("source_connection_id", source),
-            ("target_connection_id", target),
-        ] {
-            match self.connection(id).await {
-                Err(e) => return e,
-                Ok(c) if c.space_id != space_id => return other_space(field),
-                Ok(_) => {}
-            }
+    /// A connection to write on: on a SQLite file the store's one writer, waited for in turn.
+    async fn write_connection(&self) -> Result<PoolConnection<Any>, Error> {
+        self.writer
+            .acquire()
+            .await
+            .map_err(db("waiting for a connection to write on"))
+    }
+
+    /// Begins a transaction of writes that commit together, such as a change and the audit
+    /// event that records it: see [`WriteTx`].
+    ///
+    /// On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so it waits for other
+    /// writers here rather than half-way. Other writers wait for it in turn: do nothing slow
+    /// between this and [`WriteTx::commit`].
+    pub async fn begin_write(&self) -> Result<WriteTx, Error> {
+        let op = "beginning a transaction";
+        let tx = match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
         }
-        match self.gateway(gateway).await {
-            Err(e) => e,
-            Ok(g) if g.space_id != space_id => other_space("gateway_id"),
-            Ok(_) => Error::Conflict("the task's references changed concurrently; retry".into()),
-        }
+        .map_err(db(op))?;
+        Ok(WriteTx { tx })
     }
 }
 
@@ -536,6 +519,115 @@ macro_rules! keyset {
         )
     };
 }
+
+// --- Statements on a pool, a connection or a transaction ----------------------------------
+
+/// The row `query` returns, if any, decoded.
+async fn fetch_row<'e, T>(
+    exec: impl Executor<'e, Database = Any>,
+    operation: &'static str,
+    query: Query,
+    decode: fn(&AnyRow) -> Result<T, Error>,
+) -> Result<Option<T>, Error> {
+    query
+        .fetch_optional(exec)
+        .await
+        .map_err(db(operation))?
+        .as_ref()
+        .map(decode)
+        .transpose()
+}
+
+/// Like [`fetch_row`], but a foreign-key refusal is `on_foreign_key()`.
+async fn fetch_row_or<'e, T>(
+    exec: impl Executor<'e, Database = Any>,
+    operation: &'static str,
+    query: Query,
+    decode: fn(&AnyRow) -> Result<T, Error>,
+    on_foreign_key: fn() -> Error,
+) -> Result<Option<T>, Error> {
+    match query.fetch_optional(exec).await {
+        Ok(row) => row.as_ref().map(decode).transpose(),
+        Err(e) if is_foreign_key(&e) => Err(on_foreign_key()),
+        Err(e) => Err(map_db_error(operation, e)),
+    }
+}
+
+/// Runs `query`; how many rows it changed.
+async fn rows_affected<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    operation: &'static str,
+    query: Query,
+) -> Result<u64, Error> {
+    Ok(query
+        .execute(exec)
+        .await
+        .map_err(db(operation))?
+        .rows_affected())
+}
+
+/// The row an optimistic update returned. None means the object is gone (`exists`, a query by
+/// id, finds nothing) or another writer changed its version first.
+async fn updated<'e, T>(
+    exec: impl Executor<'e, Database = Any>,
+    kind: &'static str,
+    exists: &'static str,
+    id: &str,
+    row: Option<T>,
+) -> Result<T, Error> {
+    if let Some(row) = row {
+        return Ok(row);
+    }
+    let found = sqlx::query(exists)
+        .bind(id.to_owned())
+        .fetch_optional(exec)
+        .await
+        .map_err(db("checking an update"))?;
+    Err(match found {
+        Some(_) => stale(kind, id),
+        None => not_found(kind, id),
+    })
+}
+
+/// Deletes one row by id; a foreign-key refusal becomes a conflict naming what still uses it.
+async fn delete_by_id<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    sql: &'static str,
+    kind: &'static str,
+    id: &str,
+    in_use_by: &str,
+) -> Result<(), Error> {
+    match sqlx::query(sql).bind(id.to_owned()).execute(exec).await {
+        Ok(done) if done.rows_affected() == 0 => Err(not_found(kind, id)),
+        Ok(_) => Ok(()),
+        Err(e) if is_foreign_key(&e) => Err(Error::Conflict(format!(
+            "{kind} {id} is still used by {in_use_by}"
+        ))),
+        Err(e) => Err(map_db_error("deleting", e)),
+    }
+}
+
+/// One object by id (`sql` selects it by `$1`); `NotFound` names its `kind`.
+async fn by_id<'e, T>(
+    exec: impl Executor<'e, Database = Any>,
+    sql: &'static str,
+    (operation, kind): (&'static str, &'static str),
+    decode: fn(&AnyRow) -> Result<T, Error>,
+    id: &str,
+) -> Result<T, Error> {
+    let query = sqlx::query(sql).bind(id.to_owned());
+    fetch_row(exec, operation, query, decode)
+        .await?
+        .ok_or_else(|| not_found(kind, id))
+}
+
+const CONNECTION_BY_ID: &str = concat!(
+    "SELECT ",
+    connection_cols!(),
+    " FROM connections WHERE id = $1"
+);
+const GATEWAY_BY_ID: &str = concat!("SELECT ", gateway_cols!(), " FROM gateways WHERE id = $1");
+const TASK_BY_ID: &str = concat!("SELECT ", task_cols!(), " FROM data_tasks WHERE id = $1");
 
 impl MetadataStore for SqlStore {
     // --- Tenants ------------------------------------------------------------------------
@@ -673,7 +765,7 @@ impl MetadataStore for SqlStore {
             .bind(new.name.clone())
             .bind(new.description.clone())
             .bind(now_ms());
-        self.one("creating a data space", query, space_row)
+        self.write_one("creating a data space", query, space_row)
             .await?
             .ok_or_else(|| not_found("tenant", &new.tenant_id))
     }
@@ -726,7 +818,7 @@ impl MetadataStore for SqlStore {
             .bind(to_json("task_ids", &new.task_ids)?)
             .bind(new.created_by.clone())
             .bind(now_ms());
-        self.one("creating a data product", query, product_row)
+        self.write_one("creating a data product", query, product_row)
             .await?
             .ok_or_else(|| not_found("tenant", &new.tenant_id))
     }
@@ -763,7 +855,9 @@ impl MetadataStore for SqlStore {
             .bind(space.description.clone())
             .bind(now_ms())
             .bind(space.version);
-        let row = self.one("updating a data space", query, space_row).await?;
+        let row = self
+            .write_one("updating a data space", query, space_row)
+            .await?;
         self.updated(
             "data space",
             "SELECT 1 FROM data_spaces WHERE id = $1",
@@ -811,7 +905,7 @@ impl MetadataStore for SqlStore {
             .bind(new.oidc.as_ref().map(|o| o.subject.clone()))
             .bind(false)
             .bind(now_ms());
-        self.one("creating a user", query, user_row)
+        self.write_one("creating a user", query, user_row)
             .await?
             .ok_or_else(|| not_found("tenant", &new.tenant_id))
     }
@@ -894,7 +988,7 @@ impl MetadataStore for SqlStore {
             .bind(user.disabled)
             .bind(now_ms())
             .bind(user.version);
-        let row = self.one("updating a user", query, user_row).await?;
+        let row = self.write_one("updating a user", query, user_row).await?;
         self.updated("user", "SELECT 1 FROM users WHERE id = $1", &user.id, row)
             .await
     }
@@ -923,7 +1017,7 @@ impl MetadataStore for SqlStore {
             .bind(user_id.to_owned())
             .bind(role.to_owned())
             .bind(now_ms());
-        self.one("granting a system role", query, system_role_row)
+        self.write_one("granting a system role", query, system_role_row)
             .await?
             .ok_or_else(|| not_found("user", user_id))
     }
@@ -969,7 +1063,7 @@ impl MetadataStore for SqlStore {
             .bind(role.to_owned())
             .bind(now_ms());
         match self
-            .one("granting a data space role", query, space_role_row)
+            .write_one("granting a data space role", query, space_role_row)
             .await?
         {
             Some(granted) => Ok(granted),
@@ -1020,6 +1114,29 @@ impl MetadataStore for SqlStore {
         .await
     }
 
+    async fn held_roles(&self, user_id: &str, space_id: Option<&str>) -> Result<HeldRoles, Error> {
+        let sql = concat!(
+            "SELECT 'system' AS scope, role FROM user_system_roles WHERE user_id = $1 ",
+            "UNION ALL SELECT 'space' AS scope, role FROM space_roles ",
+            "WHERE user_id = $1 AND space_id = $2"
+        );
+        let rows = sqlx::query(sql)
+            .bind(user_id.to_owned())
+            .bind(space_id.map(str::to_owned))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading a user's roles"))?;
+        let mut held = HeldRoles::default();
+        for row in &rows {
+            let role = get(row, "role")?;
+            match get::<String>(row, "scope")?.as_str() {
+                "system" => held.system.push(role),
+                _ => held.in_space.push(role),
+            }
+        }
+        Ok(held)
+    }
+
     async fn space_members(
         &self,
         space_id: &str,
@@ -1057,7 +1174,7 @@ impl MetadataStore for SqlStore {
             .bind(new.token.as_bytes().to_vec())
             .bind(now_ms())
             .bind(new.expires_at_ms);
-        self.one("creating a login session", query, session_row)
+        self.write_one("creating a login session", query, session_row)
             .await?
             .ok_or_else(|| not_found("user", &new.user_id))
     }
@@ -1078,9 +1195,21 @@ impl MetadataStore for SqlStore {
     }
 
     async fn valid_session(&self, token: &TokenDigest, now_ms: i64) -> Result<LoginSession, Error> {
+        Ok(self.valid_session_user(token, now_ms).await?.0)
+    }
+
+    async fn valid_session_user(
+        &self,
+        token: &TokenDigest,
+        now_ms: i64,
+    ) -> Result<(LoginSession, User), Error> {
+        // The session's columns that the user's share are renamed.
         let sql = concat!(
-            "SELECT s.id, s.user_id, s.token_sha256, s.created_at_ms, s.expires_at_ms, ",
-            "s.revoked_at_ms FROM login_sessions s JOIN users u ON u.id = s.user_id ",
+            "SELECT s.id AS session_id, s.user_id, s.token_sha256, ",
+            "s.created_at_ms AS session_created_at_ms, s.expires_at_ms, s.revoked_at_ms, ",
+            "u.id, u.tenant_id, u.username, u.display_name, u.email, u.password_hash, ",
+            "u.oidc_issuer, u.oidc_subject, u.disabled, u.created_at_ms, u.updated_at_ms, ",
+            "u.version FROM login_sessions s JOIN users u ON u.id = s.user_id ",
             "WHERE s.token_sha256 = $1 AND s.revoked_at_ms IS NULL AND s.expires_at_ms > $2 ",
             "AND u.disabled = $3"
         );
@@ -1088,7 +1217,11 @@ impl MetadataStore for SqlStore {
             .bind(token.as_bytes().to_vec())
             .bind(now_ms)
             .bind(false);
-        self.one("checking a login session", query, session_row)
+        let decode = |row: &AnyRow| {
+            let session = session_columns(row, "session_id", "session_created_at_ms")?;
+            Ok((session, user_row(row)?))
+        };
+        self.one("checking a login session", query, decode)
             .await?
             .ok_or_else(|| not_found("login session", "for this token"))
     }
@@ -1144,7 +1277,7 @@ impl MetadataStore for SqlStore {
         check_name("kek_id", &new.kek_id)?;
         check_bytes("wrapped_key", &new.wrapped_key, 65_536)?;
         let op = "adding a data key";
-        let mut tx = self.pool.begin().await.map_err(db(op))?;
+        let mut tx = self.writer.begin().await.map_err(db(op))?;
         if new.activate {
             // Writes first, so SQLite takes its write lock before it reads.
             sqlx::query(
@@ -1223,7 +1356,7 @@ impl MetadataStore for SqlStore {
 
     async fn activate_data_key(&self, tenant_id: &str, version: i64) -> Result<DataKey, Error> {
         let op = "activating a data key";
-        let mut tx = self.pool.begin().await.map_err(db(op))?;
+        let mut tx = self.writer.begin().await.map_err(db(op))?;
         sqlx::query("UPDATE tenant_data_keys SET active = $2 WHERE tenant_id = $1 AND version <> $3 AND active = $4")
             .bind(tenant_id.to_owned())
             .bind(false)
@@ -1275,7 +1408,10 @@ impl MetadataStore for SqlStore {
             .bind(new_kek_id.to_owned())
             .bind(new_wrapped_key.to_vec())
             .bind(now_ms());
-        match self.one("rewrapping a data key", query, key_row).await? {
+        match self
+            .write_one("rewrapping a data key", query, key_row)
+            .await?
+        {
             Some(key) => Ok(key),
             None => {
                 self.data_key(tenant_id, version).await?;
@@ -1305,20 +1441,20 @@ impl MetadataStore for SqlStore {
             .bind(new.enrollment.map(|d| d.as_bytes().to_vec()))
             .bind(new.enrollment_expires_at_ms)
             .bind(now_ms());
-        self.one("creating a gateway", query, gateway_row)
+        self.write_one("creating a gateway", query, gateway_row)
             .await?
             .ok_or_else(|| not_found("data space", &new.space_id))
     }
 
     async fn gateway(&self, id: &str) -> Result<GatewayRecord, Error> {
-        let sql = concat!("SELECT ", gateway_cols!(), " FROM gateways WHERE id = $1");
-        self.one(
-            "reading a gateway",
-            sqlx::query(sql).bind(id.to_owned()),
+        by_id(
+            &self.pool,
+            GATEWAY_BY_ID,
+            ("reading a gateway", "gateway"),
             gateway_row,
+            id,
         )
-        .await?
-        .ok_or_else(|| not_found("gateway", id))
+        .await
     }
 
     async fn gateway_by_enrollment(&self, digest: &TokenDigest) -> Result<GatewayRecord, Error> {
@@ -1372,7 +1508,9 @@ impl MetadataStore for SqlStore {
             .bind(gateway.enrollment_expires_at_ms)
             .bind(now_ms())
             .bind(gateway.version);
-        let row = self.one("updating a gateway", query, gateway_row).await?;
+        let row = self
+            .write_one("updating a gateway", query, gateway_row)
+            .await?;
         self.updated(
             "gateway",
             "SELECT 1 FROM gateways WHERE id = $1",
@@ -1411,7 +1549,7 @@ impl MetadataStore for SqlStore {
             return Ok(());
         }
         let op = "recording gateway heartbeats";
-        let mut tx = self.pool.begin().await.map_err(db(op))?;
+        let mut tx = self.writer.begin().await.map_err(db(op))?;
         for one in seen {
             let metrics = one
                 .metrics
@@ -1446,46 +1584,18 @@ impl MetadataStore for SqlStore {
     // --- Connections --------------------------------------------------------------------
 
     async fn create_connection(&self, new: &NewConnection) -> Result<ConnectionRecord, Error> {
-        check_connection(&new.name, &new.kind, new.credentials.as_ref())?;
-        let sql = concat!(
-            "INSERT INTO connections (id, tenant_id, space_id, name, kind, settings, ",
-            "sealed_credentials, data_key_version, created_at_ms, updated_at_ms, version) ",
-            "SELECT $1, tenant_id, id, $3, $4, $5, $6, $7, $8, $8, 1 FROM data_spaces ",
-            "WHERE id = $2 RETURNING ",
-            connection_cols!()
-        );
-        let query = sqlx::query(sql)
-            .bind(new_id("conn"))
-            .bind(new.space_id.clone())
-            .bind(new.name.clone())
-            .bind(new.kind.clone())
-            .bind(to_json("settings", &new.settings)?)
-            .bind(new.credentials.as_ref().map(|c| c.ciphertext.clone()))
-            .bind(new.credentials.as_ref().map(|c| c.data_key_version))
-            .bind(now_ms());
-        self.one_or(
-            "creating a connection",
-            query,
-            connection_row,
-            unknown_data_key,
-        )
-        .await?
-        .ok_or_else(|| not_found("data space", &new.space_id))
+        writes::create_connection(&mut *self.write_connection().await?, new).await
     }
 
     async fn connection(&self, id: &str) -> Result<ConnectionRecord, Error> {
-        let sql = concat!(
-            "SELECT ",
-            connection_cols!(),
-            " FROM connections WHERE id = $1"
-        );
-        self.one(
-            "reading a connection",
-            sqlx::query(sql).bind(id.to_owned()),
+        by_id(
+            &self.pool,
+            CONNECTION_BY_ID,
+            ("reading a connection", "connection"),
             connection_row,
+            id,
         )
-        .await?
-        .ok_or_else(|| not_found("connection", id))
+        .await
     }
 
     async fn connections(
@@ -1510,102 +1620,28 @@ impl MetadataStore for SqlStore {
         &self,
         connection: &ConnectionRecord,
     ) -> Result<ConnectionRecord, Error> {
-        check_connection(
-            &connection.name,
-            &connection.kind,
-            connection.credentials.as_ref(),
-        )?;
-        let sql = concat!(
-            "UPDATE connections SET name = $2, kind = $3, settings = $4, sealed_credentials = $5, ",
-            "data_key_version = $6, updated_at_ms = $7, version = version + 1 ",
-            "WHERE id = $1 AND version = $8 RETURNING ",
-            connection_cols!()
-        );
-        let query = sqlx::query(sql)
-            .bind(connection.id.clone())
-            .bind(connection.name.clone())
-            .bind(connection.kind.clone())
-            .bind(to_json("settings", &connection.settings)?)
-            .bind(
-                connection
-                    .credentials
-                    .as_ref()
-                    .map(|c| c.ciphertext.clone()),
-            )
-            .bind(connection.credentials.as_ref().map(|c| c.data_key_version))
-            .bind(now_ms())
-            .bind(connection.version);
-        let row = self
-            .one_or(
-                "updating a connection",
-                query,
-                connection_row,
-                unknown_data_key,
-            )
-            .await?;
-        let exists = "SELECT 1 FROM connections WHERE id = $1";
-        self.updated("connection", exists, &connection.id, row)
-            .await
+        writes::update_connection(&mut *self.write_connection().await?, connection).await
     }
 
     async fn delete_connection(&self, id: &str) -> Result<(), Error> {
-        self.delete(
-            "DELETE FROM connections WHERE id = $1",
-            "connection",
-            id,
-            "data tasks",
-        )
-        .await
+        writes::delete_connection(&mut *self.write_connection().await?, id).await
     }
 
     // --- Data tasks, runs, schema snapshots ---------------------------------------------
 
     async fn create_task(&self, new: &NewDataTask) -> Result<DataTaskRecord, Error> {
-        check_task(&new.name, &new.tables, new.schedule.as_deref())?;
-        let sql = concat!(
-            "INSERT INTO data_tasks (id, tenant_id, space_id, name, task_type, ",
-            "source_connection_id, target_connection_id, gateway_id, include_tables, ",
-            "exclude_tables, schedule, created_at_ms, updated_at_ms, version) ",
-            "SELECT $1, tenant_id, id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1 ",
-            "FROM data_spaces WHERE id = $2 RETURNING ",
-            task_cols!()
-        );
-        let query = sqlx::query(sql)
-            .bind(new_id("task"))
-            .bind(new.space_id.clone())
-            .bind(new.name.clone())
-            .bind(new.task_type.as_str())
-            .bind(new.source_connection_id.clone())
-            .bind(new.target_connection_id.clone())
-            .bind(new.gateway_id.clone())
-            .bind(to_json("tables", &new.tables.include)?)
-            .bind(to_json("tables", &new.tables.exclude)?)
-            .bind(new.schedule.clone())
-            .bind(now_ms());
-        match query.fetch_optional(&self.pool).await {
-            Ok(Some(row)) => task_row(&row),
-            Ok(None) => Err(not_found("data space", &new.space_id)),
-            Err(e) if is_foreign_key(&e) => Err(self
-                .task_refs_error(
-                    &new.space_id,
-                    &new.source_connection_id,
-                    &new.target_connection_id,
-                    &new.gateway_id,
-                )
-                .await),
-            Err(e) => Err(map_db_error("creating a data task", e)),
-        }
+        writes::create_task(&mut *self.write_connection().await?, new).await
     }
 
     async fn task(&self, id: &str) -> Result<DataTaskRecord, Error> {
-        let sql = concat!("SELECT ", task_cols!(), " FROM data_tasks WHERE id = $1");
-        self.one(
-            "reading a data task",
-            sqlx::query(sql).bind(id.to_owned()),
+        by_id(
+            &self.pool,
+            TASK_BY_ID,
+            ("reading a data task", "data task"),
             task_row,
+            id,
         )
-        .await?
-        .ok_or_else(|| not_found("data task", id))
+        .await
     }
 
     async fn tasks(
@@ -1627,61 +1663,11 @@ impl MetadataStore for SqlStore {
     }
 
     async fn update_task(&self, task: &DataTaskRecord) -> Result<DataTaskRecord, Error> {
-        check_task(&task.name, &task.tables, task.schedule.as_deref())?;
-        let sql = concat!(
-            "UPDATE data_tasks SET name = $2, task_type = $3, source_connection_id = $4, ",
-            "target_connection_id = $5, gateway_id = $6, include_tables = $7, ",
-            "exclude_tables = $8, schedule = $9, updated_at_ms = $10, version = version + 1 ",
-            "WHERE id = $1 AND version = $11 RETURNING ",
-            task_cols!()
-        );
-        let query = sqlx::query(sql)
-            .bind(task.id.clone())
-            .bind(task.name.clone())
-            .bind(task.task_type.as_str())
-            .bind(task.source_connection_id.clone())
-            .bind(task.target_connection_id.clone())
-            .bind(task.gateway_id.clone())
-            .bind(to_json("tables", &task.tables.include)?)
-            .bind(to_json("tables", &task.tables.exclude)?)
-            .bind(task.schedule.clone())
-            .bind(now_ms())
-            .bind(task.version);
-        match query.fetch_optional(&self.pool).await {
-            Ok(row) => {
-                let row = row.as_ref().map(task_row).transpose()?;
-                let exists = "SELECT 1 FROM data_tasks WHERE id = $1";
-                self.updated("data task", exists, &task.id, row).await
-            }
-            Err(e) if is_foreign_key(&e) => Err(self
-                .task_refs_error(
-                    &task.space_id,
-                    &task.source_connection_id,
-                    &task.target_connection_id,
-                    &task.gateway_id,
-                )
-                .await),
-            Err(e) => Err(map_db_error("updating a data task", e)),
-        }
+        writes::update_task(&mut *self.write_connection().await?, task).await
     }
 
     async fn delete_task(&self, id: &str) -> Result<(), Error> {
-        let sql = concat!(
-            "DELETE FROM data_tasks WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM task_runs ",
-            "WHERE task_id = $1 AND state IN ('starting', 'running'))"
-        );
-        match self
-            .affected("deleting a data task", sqlx::query(sql).bind(id.to_owned()))
-            .await?
-        {
-            0 => {
-                self.task(id).await?;
-                Err(Error::Conflict(format!(
-                    "data task {id} has a starting or running run"
-                )))
-            }
-            _ => Ok(()),
-        }
+        writes::delete_task(&mut *self.write_connection().await?, id).await
     }
 
     async fn create_run(&self, task_id: &str) -> Result<TaskRunRecord, Error> {
@@ -1695,7 +1681,7 @@ impl MetadataStore for SqlStore {
             .bind(new_id("run"))
             .bind(task_id.to_owned())
             .bind(now_ms());
-        self.one("starting a run", query, run_row)
+        self.write_one("starting a run", query, run_row)
             .await?
             .ok_or_else(|| not_found("data task", task_id))
     }
@@ -1749,7 +1735,10 @@ impl MetadataStore for SqlStore {
             .bind(error.map(str::to_owned))
             .bind(final_state.then_some(now))
             .bind(now);
-        match self.one("changing a run's state", query, run_row).await? {
+        match self
+            .write_one("changing a run's state", query, run_row)
+            .await?
+        {
             Some(run) => Ok(run),
             None => {
                 let run = self.run(id).await?;
@@ -1848,7 +1837,7 @@ impl MetadataStore for SqlStore {
             .bind(to_json("schema", &new.schema)?)
             .bind(now_ms());
         match self
-            .one("adding a schema snapshot", query, snapshot_row)
+            .write_one("adding a schema snapshot", query, snapshot_row)
             .await?
         {
             Some(snapshot) => Ok(snapshot),
@@ -1902,37 +1891,7 @@ impl MetadataStore for SqlStore {
     // --- Audit log ----------------------------------------------------------------------
 
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<AuditEvent, Error> {
-        for (field, value) in [
-            ("actor", &event.actor),
-            ("action", &event.action),
-            ("target_kind", &event.target_kind),
-        ] {
-            check_text(field, value, 1, 256)?;
-        }
-        let recorded = AuditEvent {
-            id: new_id("aud"),
-            event: event.clone(),
-        };
-        let sql = concat!(
-            "INSERT INTO audit_log (",
-            audit_cols!(),
-            ") ",
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        );
-        let query = sqlx::query(sql)
-            .bind(recorded.id.clone())
-            .bind(event.at_ms)
-            .bind(event.tenant_id.clone())
-            .bind(event.space_id.clone())
-            .bind(event.actor.clone())
-            .bind(event.action.clone())
-            .bind(event.target_kind.clone())
-            .bind(event.target_id.clone())
-            .bind(event.source_addr.clone())
-            .bind(event.outcome.as_str())
-            .bind(to_json("detail", &event.detail)?);
-        self.affected("appending to the audit log", query).await?;
-        Ok(recorded)
+        writes::append_audit(&mut *self.write_connection().await?, event).await
     }
 
     async fn audit_events(
@@ -1983,6 +1942,374 @@ impl MetadataStore for SqlStore {
         }
         out.flush().map_err(Error::Export)?;
         Ok(written)
+    }
+}
+
+// --- Transactions -------------------------------------------------------------------------
+
+/// Writes that commit together, in one transaction: one commit (on SQLite, one `fsync` of the
+/// write-ahead log) for all of them. Each method does what the [`MetadataStore`] method of
+/// the same name does and fails the same way; after a failure, drop the transaction (on
+/// PostgreSQL a failed statement aborts it). Nothing is visible to others, nor durable,
+/// before [`WriteTx::commit`] returns `Ok`; dropping a `WriteTx` rolls it back.
+///
+/// Begun by [`SqlStore::begin_write`].
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, Any>,
+}
+
+impl fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteTx").finish_non_exhaustive()
+    }
+}
+
+impl WriteTx {
+    /// See [`MetadataStore::connection`]. Sees the transaction's own writes; on SQLite, where
+    /// the transaction holds the write lock, nobody changes it before the commit.
+    pub async fn connection(&mut self, id: &str) -> Result<ConnectionRecord, Error> {
+        by_id(
+            &mut *self.tx,
+            CONNECTION_BY_ID,
+            ("reading a connection", "connection"),
+            connection_row,
+            id,
+        )
+        .await
+    }
+
+    /// See [`MetadataStore::task`]; what [`WriteTx::connection`] says holds.
+    pub async fn task(&mut self, id: &str) -> Result<DataTaskRecord, Error> {
+        by_id(
+            &mut *self.tx,
+            TASK_BY_ID,
+            ("reading a data task", "data task"),
+            task_row,
+            id,
+        )
+        .await
+    }
+
+    /// See [`MetadataStore::create_connection`].
+    pub async fn create_connection(
+        &mut self,
+        new: &NewConnection,
+    ) -> Result<ConnectionRecord, Error> {
+        writes::create_connection(&mut self.tx, new).await
+    }
+
+    /// See [`MetadataStore::update_connection`].
+    pub async fn update_connection(
+        &mut self,
+        connection: &ConnectionRecord,
+    ) -> Result<ConnectionRecord, Error> {
+        writes::update_connection(&mut self.tx, connection).await
+    }
+
+    /// See [`MetadataStore::delete_connection`].
+    pub async fn delete_connection(&mut self, id: &str) -> Result<(), Error> {
+        writes::delete_connection(&mut self.tx, id).await
+    }
+
+    /// See [`MetadataStore::create_task`].
+    pub async fn create_task(&mut self, new: &NewDataTask) -> Result<DataTaskRecord, Error> {
+        writes::create_task(&mut self.tx, new).await
+    }
+
+    /// See [`MetadataStore::update_task`].
+    pub async fn update_task(&mut self, task: &DataTaskRecord) -> Result<DataTaskRecord, Error> {
+        writes::update_task(&mut self.tx, task).await
+    }
+
+    /// See [`MetadataStore::delete_task`].
+    pub async fn delete_task(&mut self, id: &str) -> Result<(), Error> {
+        writes::delete_task(&mut self.tx, id).await
+    }
+
+    /// See [`MetadataStore::append_audit`].
+    pub async fn append_audit(&mut self, event: &NewAuditEvent) -> Result<AuditEvent, Error> {
+        writes::append_audit(&mut self.tx, event).await
+    }
+
+    /// Commits every write; once this returns `Ok` they are durable.
+    pub async fn commit(self) -> Result<(), Error> {
+        self.tx
+            .commit()
+            .await
+            .map_err(db("committing a transaction"))
+    }
+}
+
+/// The writes a [`WriteTx`] offers, on any connection: the store runs them on its writer.
+mod writes {
+    use super::*;
+
+    pub(super) async fn create_connection(
+        conn: &mut AnyConnection,
+        new: &NewConnection,
+    ) -> Result<ConnectionRecord, Error> {
+        check_connection(&new.name, &new.kind, new.credentials.as_ref())?;
+        let sql = concat!(
+            "INSERT INTO connections (id, tenant_id, space_id, name, kind, settings, ",
+            "sealed_credentials, data_key_version, created_at_ms, updated_at_ms, version) ",
+            "SELECT $1, tenant_id, id, $3, $4, $5, $6, $7, $8, $8, 1 FROM data_spaces ",
+            "WHERE id = $2 RETURNING ",
+            connection_cols!()
+        );
+        let query = sqlx::query(sql)
+            .bind(new_id("conn"))
+            .bind(new.space_id.clone())
+            .bind(new.name.clone())
+            .bind(new.kind.clone())
+            .bind(to_json("settings", &new.settings)?)
+            .bind(new.credentials.as_ref().map(|c| c.ciphertext.clone()))
+            .bind(new.credentials.as_ref().map(|c| c.data_key_version))
+            .bind(now_ms());
+        fetch_row_or(
+            conn,
+            "creating a connection",
+            query,
+            connection_row,
+            unknown_data_key,
+        )
+        .await?
+        .ok_or_else(|| not_found("data space", &new.space_id))
+    }
+
+    pub(super) async fn update_connection(
+        conn: &mut AnyConnection,
+        connection: &ConnectionRecord,
+    ) -> Result<ConnectionRecord, Error> {
+        check_connection(
+            &connection.name,
+            &connection.kind,
+            connection.credentials.as_ref(),
+        )?;
+        let sql = concat!(
+            "UPDATE connections SET name = $2, kind = $3, settings = $4, sealed_credentials = $5, ",
+            "data_key_version = $6, updated_at_ms = $7, version = version + 1 ",
+            "WHERE id = $1 AND version = $8 RETURNING ",
+            connection_cols!()
+        );
+        let query = sqlx::query(sql)
+            .bind(connection.id.clone())
+            .bind(connection.name.clone())
+            .bind(connection.kind.clone())
+            .bind(to_json("settings", &connection.settings)?)
+            .bind(
+                connection
+                    .credentials
+                    .as_ref()
+                    .map(|c| c.ciphertext.clone()),
+            )
+            .bind(connection.credentials.as_ref().map(|c| c.data_key_version))
+            .bind(now_ms())
+            .bind(connection.version);
+        let row = fetch_row_or(
+            &mut *conn,
+            "updating a connection",
+            query,
+            connection_row,
+            unknown_data_key,
+        )
+        .await?;
+        let exists = "SELECT 1 FROM connections WHERE id = $1";
+        updated(conn, "connection", exists, &connection.id, row).await
+    }
+
+    pub(super) async fn delete_connection(conn: &mut AnyConnection, id: &str) -> Result<(), Error> {
+        delete_by_id(
+            conn,
+            "DELETE FROM connections WHERE id = $1",
+            "connection",
+            id,
+            "data tasks",
+        )
+        .await
+    }
+
+    pub(super) async fn create_task(
+        conn: &mut AnyConnection,
+        new: &NewDataTask,
+    ) -> Result<DataTaskRecord, Error> {
+        check_task(&new.name, &new.tables, new.schedule.as_deref())?;
+        let sql = concat!(
+            "INSERT INTO data_tasks (id, tenant_id, space_id, name, task_type, ",
+            "source_connection_id, target_connection_id, gateway_id, include_tables, ",
+            "exclude_tables, schedule, created_at_ms, updated_at_ms, version) ",
+            "SELECT $1, tenant_id, id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1 ",
+            "FROM data_spaces WHERE id = $2 RETURNING ",
+            task_cols!()
+        );
+        let query = sqlx::query(sql)
+            .bind(new_id("task"))
+            .bind(new.space_id.clone())
+            .bind(new.name.clone())
+            .bind(new.task_type.as_str())
+            .bind(new.source_connection_id.clone())
+            .bind(new.target_connection_id.clone())
+            .bind(new.gateway_id.clone())
+            .bind(to_json("tables", &new.tables.include)?)
+            .bind(to_json("tables", &new.tables.exclude)?)
+            .bind(new.schedule.clone())
+            .bind(now_ms());
+        match query.fetch_optional(&mut *conn).await {
+            Ok(Some(row)) => task_row(&row),
+            Ok(None) => Err(not_found("data space", &new.space_id)),
+            Err(e) if is_foreign_key(&e) => Err(task_refs_error(
+                conn,
+                &new.space_id,
+                &new.source_connection_id,
+                &new.target_connection_id,
+                &new.gateway_id,
+            )
+            .await),
+            Err(e) => Err(map_db_error("creating a data task", e)),
+        }
+    }
+
+    pub(super) async fn update_task(
+        conn: &mut AnyConnection,
+        task: &DataTaskRecord,
+    ) -> Result<DataTaskRecord, Error> {
+        check_task(&task.name, &task.tables, task.schedule.as_deref())?;
+        let sql = concat!(
+            "UPDATE data_tasks SET name = $2, task_type = $3, source_connection_id = $4, ",
+            "target_connection_id = $5, gateway_id = $6, include_tables = $7, ",
+            "exclude_tables = $8, schedule = $9, updated_at_ms = $10, version = version + 1 ",
+            "WHERE id = $1 AND version = $11 RETURNING ",
+            task_cols!()
+        );
+        let query = sqlx::query(sql)
+            .bind(task.id.clone())
+            .bind(task.name.clone())
+            .bind(task.task_type.as_str())
+            .bind(task.source_connection_id.clone())
+            .bind(task.target_connection_id.clone())
+            .bind(task.gateway_id.clone())
+            .bind(to_json("tables", &task.tables.include)?)
+            .bind(to_json("tables", &task.tables.exclude)?)
+            .bind(task.schedule.clone())
+            .bind(now_ms())
+            .bind(task.version);
+        match query.fetch_optional(&mut *conn).await {
+            Ok(row) => {
+                let row = row.as_ref().map(task_row).transpose()?;
+                let exists = "SELECT 1 FROM data_tasks WHERE id = $1";
+                updated(conn, "data task", exists, &task.id, row).await
+            }
+            Err(e) if is_foreign_key(&e) => Err(task_refs_error(
+                conn,
+                &task.space_id,
+                &task.source_connection_id,
+                &task.target_connection_id,
+                &task.gateway_id,
+            )
+            .await),
+            Err(e) => Err(map_db_error("updating a data task", e)),
+        }
+    }
+
+    pub(super) async fn delete_task(conn: &mut AnyConnection, id: &str) -> Result<(), Error> {
+        let sql = concat!(
+            "DELETE FROM data_tasks WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM task_runs ",
+            "WHERE task_id = $1 AND state IN ('starting', 'running'))"
+        );
+        let query = sqlx::query(sql).bind(id.to_owned());
+        match rows_affected(&mut *conn, "deleting a data task", query).await? {
+            0 => {
+                by_id(
+                    conn,
+                    TASK_BY_ID,
+                    ("reading a data task", "data task"),
+                    task_row,
+                    id,
+                )
+                .await?;
+                Err(Error::Conflict(format!(
+                    "data task {id} has a starting or running run"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) async fn append_audit(
+        conn: &mut AnyConnection,
+        event: &NewAuditEvent,
+    ) -> Result<AuditEvent, Error> {
+        for (field, value) in [
+            ("actor", &event.actor),
+            ("action", &event.action),
+            ("target_kind", &event.target_kind),
+        ] {
+            check_text(field, value, 1, 256)?;
+        }
+        let recorded = AuditEvent {
+            id: new_id("aud"),
+            event: event.clone(),
+        };
+        let sql = concat!(
+            "INSERT INTO audit_log (",
+            audit_cols!(),
+            ") ",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        );
+        let query = sqlx::query(sql)
+            .bind(recorded.id.clone())
+            .bind(event.at_ms)
+            .bind(event.tenant_id.clone())
+            .bind(event.space_id.clone())
+            .bind(event.actor.clone())
+            .bind(event.action.clone())
+            .bind(event.target_kind.clone())
+            .bind(event.target_id.clone())
+            .bind(event.source_addr.clone())
+            .bind(event.outcome.as_str())
+            .bind(to_json("detail", &event.detail)?);
+        rows_affected(conn, "appending to the audit log", query).await?;
+        Ok(recorded)
+    }
+
+    /// Says why a task's references were refused: a missing object, or one of another space.
+    async fn task_refs_error(
+        conn: &mut AnyConnection,
+        space_id: &str,
+        source: &str,
+        target: &str,
+        gateway: &str,
+    ) -> Error {
+        for (field, id) in [
+            ("source_connection_id", source),
+            ("target_connection_id", target),
+        ] {
+            match by_id(
+                &mut *conn,
+                CONNECTION_BY_ID,
+                ("reading a connection", "connection"),
+                connection_row,
+                id,
+            )
+            .await
+            {
+                Err(e) => return e,
+                Ok(c) if c.space_id != space_id => return other_space(field),
+                Ok(_) => {}
+            }
+        }
+        match by_id(
+            conn,
+            GATEWAY_BY_ID,
+            ("reading a gateway", "gateway"),
+            gateway_row,
+            gateway,
+        )
+        .await
+        {
+            Err(e) => e,
+            Ok(g) if g.space_id != space_id => other_space("gateway_id"),
+            Ok(_) => Error::Conflict("the task's references changed concurrently; retry".into()),
+        }
     }
 }
 
@@ -2092,14 +2419,19 @@ fn space_role_row(row: &AnyRow) -> Result<SpaceRoleAssignment, Error> {
 }
 
 fn session_row(row: &AnyRow) -> Result<LoginSession, Error> {
+    session_columns(row, "id", "created_at_ms")
+}
+
+/// A session from its columns, with `id` and `created_at_ms` named as given.
+fn session_columns(row: &AnyRow, id: &str, created_at_ms: &str) -> Result<LoginSession, Error> {
     Ok(LoginSession {
-        id: get(row, "id")?,
+        id: get(row, id)?,
         user_id: get(row, "user_id")?,
         token: get_digest(row, "token_sha256")?.ok_or_else(|| Error::Invalid {
             field: "token_sha256",
             reason: "missing".into(),
         })?,
-        created_at_ms: get(row, "created_at_ms")?,
+        created_at_ms: get(row, created_at_ms)?,
         expires_at_ms: get(row, "expires_at_ms")?,
         revoked_at_ms: get(row, "revoked_at_ms")?,
     })

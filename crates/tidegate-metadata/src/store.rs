@@ -7,7 +7,7 @@ use tidegate_proto::TaskState;
 
 use crate::{
     AuditEvent, AuditFilter, ConnectionRecord, DataKey, DataSpace, DataTaskRecord, Error,
-    GatewayRecord, GatewaySeen, LoginSession, NewAuditEvent, NewConnection, NewDataKey,
+    GatewayRecord, GatewaySeen, HeldRoles, LoginSession, NewAuditEvent, NewConnection, NewDataKey,
     NewDataSpace, NewDataTask, NewGateway, NewLoginSession, NewSchemaSnapshot, NewUser,
     OidcIdentity, Page, PageRequest, RunReplication, SchemaSnapshot, SpaceRoleAssignment,
     SystemRoleAssignment, TableRun, TaskRunRecord, Tenant, TokenDigest, User,
@@ -180,6 +180,13 @@ pub trait MetadataStore: Send + Sync {
         user_id: &str,
         page: &PageRequest,
     ) -> impl Future<Output = Result<Page<SpaceRoleAssignment>, Error>> + Send;
+    /// The names of the roles a user holds system-wide and, if `space_id` is given, in that
+    /// data space: what one authorization decision needs, in one read.
+    fn held_roles(
+        &self,
+        user_id: &str,
+        space_id: Option<&str>,
+    ) -> impl Future<Output = Result<HeldRoles, Error>> + Send;
     /// The role assignments in a data space, oldest grant first.
     fn space_members(
         &self,
@@ -203,6 +210,12 @@ pub trait MetadataStore: Send + Sync {
         token: &TokenDigest,
         now_ms: i64,
     ) -> impl Future<Output = Result<LoginSession, Error>> + Send;
+    /// [`valid_session`](Self::valid_session) with its user, in one read.
+    fn valid_session_user(
+        &self,
+        token: &TokenDigest,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(LoginSession, User), Error>> + Send;
     /// Revokes a session (again is harmless).
     fn revoke_session(
         &self,

@@ -116,6 +116,7 @@ on_both_backends!(
     capture_runs,
     pagination,
     audit_log_is_append_only,
+    writes_commit_together,
     weird_names_round_trip,
     two_control_planes_race,
     open_errors_hide_the_url,
@@ -427,6 +428,19 @@ async fn roles(db: &TestDb) -> Result<()> {
         .space_roles_of_user(&alice.id, &PageRequest::first(10))
         .await?;
     ensure!(page.items.len() == 2 && page.next.is_none());
+    // What one decision needs: the system roles, and those in the space asked about.
+    let sorted = |mut names: Vec<String>| {
+        names.sort();
+        names
+    };
+    let held = store.held_roles(&alice.id, Some(&finance.id)).await?;
+    ensure!(held.system == ["data_space_creator"]);
+    ensure!(sorted(held.in_space) == ["can_operate", "owner"]);
+    let held = store.held_roles(&alice.id, None).await?;
+    ensure!(held.system == ["data_space_creator"] && held.in_space.is_empty());
+    let held = store.held_roles(&alice.id, Some(&foreign.id)).await?;
+    ensure!(held.in_space.is_empty());
+    ensure!(store.held_roles("usr_missing", Some(&finance.id)).await? == Default::default());
     ensure!(
         store
             .revoke_space_role(&alice.id, &finance.id, "can_operate")
@@ -475,6 +489,7 @@ async fn sessions(db: &TestDb) -> Result<()> {
         .await?;
     ensure!(session.token == token && session.revoked_at_ms.is_none());
     ensure!(store.valid_session(&token, now).await? == session);
+    ensure!(store.valid_session_user(&token, now).await? == (session.clone(), alice.clone()));
     // Expired at its expiry instant.
     not_found(
         store.valid_session(&token, now + 60_000).await,
@@ -500,6 +515,7 @@ async fn sessions(db: &TestDb) -> Result<()> {
     disabled.disabled = true;
     let disabled = store.update_user(&disabled).await?;
     not_found(store.valid_session(&token, now).await, "login session")?;
+    not_found(store.valid_session_user(&token, now).await, "login session")?;
     let mut enabled = disabled.clone();
     enabled.disabled = false;
     store.update_user(&enabled).await?;
@@ -509,6 +525,7 @@ async fn sessions(db: &TestDb) -> Result<()> {
     store.revoke_session(&session.id, now + 9).await?;
     ensure!(store.session(&session.id).await?.revoked_at_ms == Some(now + 5));
     not_found(store.valid_session(&token, now).await, "login session")?;
+    not_found(store.valid_session_user(&token, now).await, "login session")?;
 
     for i in 0..3 {
         store
@@ -1319,6 +1336,102 @@ async fn audit_log_is_append_only(db: &TestDb) -> Result<()> {
         .audit_events(&AuditFilter::tenant(&acme.id), &PageRequest::first(100))
         .await?;
     ensure!(after.items == appended, "nothing changed");
+    Ok(())
+}
+
+/// A `WriteTx` commits its writes together or not at all, and others see nothing before the
+/// commit; writers outside it wait their turn rather than fail.
+async fn writes_commit_together(db: &TestDb) -> Result<()> {
+    let store = db.open().await;
+    let f = fixture(&store, "acme").await?;
+    let audit = |action: &str, target: &str| NewAuditEvent {
+        at_ms: now_ms(),
+        tenant_id: f.tenant_id.clone(),
+        space_id: Some(f.space_id.clone()),
+        actor: "alice".into(),
+        action: action.into(),
+        target_kind: "connection".into(),
+        target_id: Some(target.into()),
+        source_addr: None,
+        outcome: AuditOutcome::Success,
+        detail: serde_json::Value::Null,
+    };
+    let events = async || -> Result<Vec<String>> {
+        let page = store
+            .audit_events(&AuditFilter::tenant(&f.tenant_id), &PageRequest::first(100))
+            .await?;
+        Ok(page.items.into_iter().map(|e| e.event.action).collect())
+    };
+    let new = |name: &str| NewConnection {
+        space_id: f.space_id.clone(),
+        name: name.into(),
+        kind: "postgres".into(),
+        settings: BTreeMap::new(),
+        credentials: None,
+    };
+
+    // Committed: the connection, its change and the event, all at once.
+    let mut tx = store.begin_write().await?;
+    let created = tx.create_connection(&new("warehouse")).await?;
+    not_found(store.connection(&created.id).await, "connection")?;
+    ensure!(
+        tx.connection(&created.id).await? == created,
+        "it sees its own writes"
+    );
+    ensure!(tx.task(&f.task_id).await? == store.task(&f.task_id).await?);
+    let renamed = tx
+        .update_connection(&tidegate_metadata::ConnectionRecord {
+            name: "warehouse 2".into(),
+            ..created.clone()
+        })
+        .await?;
+    ensure!(renamed.version == 2);
+    tx.append_audit(&audit("connection.create", &created.id))
+        .await?;
+    // A writer outside the transaction waits for it instead of failing.
+    let task = store.task(&f.task_id).await?;
+    let outside = store.update_task(&task);
+    let (committed, outside) = tokio::join!(tx.commit(), outside);
+    committed?;
+    ensure!(outside?.version == 2);
+    ensure!(store.connection(&created.id).await? == renamed);
+    ensure!(events().await? == ["connection.create"]);
+
+    // Dropped: nothing happened.
+    let mut tx = store.begin_write().await?;
+    let dropped = tx.create_connection(&new("scratch")).await?;
+    tx.delete_task(&f.task_id).await?;
+    tx.append_audit(&audit("connection.create", &dropped.id))
+        .await?;
+    drop(tx);
+    not_found(store.connection(&dropped.id).await, "connection")?;
+    store.task(&f.task_id).await?;
+    ensure!(events().await? == ["connection.create"]);
+
+    // A refused write fails as the store's method does; the transaction is then dropped.
+    let mut tx = store.begin_write().await?;
+    conflict(
+        tx.create_connection(&new("warehouse 2")).await,
+        "already exists",
+    )?;
+    drop(tx);
+    let mut tx = store.begin_write().await?;
+    conflict(tx.delete_connection(&f.source_id).await, "data tasks")?;
+    drop(tx);
+    let mut tx = store.begin_write().await?;
+    let task = store.task(&f.task_id).await?;
+    tx.update_task(&tidegate_metadata::DataTaskRecord {
+        schedule: Some("0 3 * * *".into()),
+        ..task.clone()
+    })
+    .await?;
+    tx.delete_connection(&created.id).await?;
+    tx.append_audit(&audit("connection.delete", &created.id))
+        .await?;
+    tx.commit().await?;
+    conflict(store.update_task(&task).await, "changed by someone else")?;
+    not_found(store.connection(&created.id).await, "connection")?;
+    ensure!(events().await? == ["connection.create", "connection.delete"]);
     Ok(())
 }
 

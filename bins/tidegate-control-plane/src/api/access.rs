@@ -119,16 +119,15 @@ impl Ctx {
             let invalid = || ApiError::unauthorized("the session is invalid, expired or revoked");
             // Malformed tokens never reach the database.
             digest_presented(token).ok_or_else(invalid)?;
-            let session = match shared
+            let (session, user) = match shared
                 .store
-                .valid_session(&TokenDigest::of(token), now_ms())
+                .valid_session_user(&TokenDigest::of(token), now_ms())
                 .await
             {
-                Ok(session) => session,
+                Ok(found) => found,
                 Err(tidegate_metadata::Error::NotFound { .. }) => return Err(invalid()),
                 Err(e) => return Err(e.into()),
             };
-            let user = shared.store.user(&session.user_id).await?;
             if user.disabled || user.tenant_id != shared.tenant_id {
                 return Err(invalid());
             }
@@ -183,18 +182,18 @@ impl Shared {
         let Some(user) = caller.user() else {
             return Ok(self.authz_lock.lock().await);
         };
-        let system: BTreeSet<SystemRole> = self
-            .store
-            .system_roles(&user.id)
-            .await?
-            .iter()
-            // A role name this version does not know grants nothing.
-            .filter_map(|a| a.role.parse().ok())
-            .collect();
-        let in_space = match space {
-            Some(space) => Some((space, self.space_roles(&user.id, space).await?)),
-            None => None,
-        };
+        let held = self.store.held_roles(&user.id, space).await?;
+        // A role name this version does not know grants nothing.
+        let system: BTreeSet<SystemRole> =
+            held.system.iter().filter_map(|r| r.parse().ok()).collect();
+        let in_space = space.map(|space| {
+            let roles: BTreeSet<SpaceRole> = held
+                .in_space
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect();
+            (space, roles)
+        });
         let guard = self.authz_lock.lock().await;
         let subject = &caller.subject;
         let held: BTreeSet<SystemRole> = self

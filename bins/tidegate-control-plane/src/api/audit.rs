@@ -7,6 +7,11 @@
 //! id of what it created, details), and after the response the middleware appends one event
 //! with the outcome: `success` for a 2xx answer, `denied` for 401 and 403, `failure` for
 //! anything else, with the error message (which never holds a secret) in the detail.
+//!
+//! A handler whose change is one [`WriteTx`] commits it with [`Ctx::commit`] instead: the
+//! success event goes into the same transaction, so the change and its record are durable
+//! together in one commit, and the middleware appends nothing more. Should the commit fail,
+//! the middleware records the failure as for any other.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -18,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tidegate_metadata::{
-    AuditEvent, AuditFilter, AuditOutcome, MetadataStore, NewAuditEvent, Page,
+    AuditEvent, AuditFilter, AuditOutcome, MetadataStore, NewAuditEvent, Page, WriteTx,
 };
 use tidegate_rbac::Action;
 
@@ -214,18 +219,72 @@ impl Default for Note {
     }
 }
 
-/// The note of one request, shared by the middleware and the handler.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Slot(Arc<Mutex<Note>>);
+/// The audit event of one request, shared by the middleware and the handler.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot(Arc<Mutex<Pending>>);
+
+/// What the middleware knows of a request's event, the handler's note, and whether the
+/// handler recorded the event itself (with its change, through [`Ctx::commit`]).
+#[derive(Debug)]
+struct Pending {
+    action: &'static str,
+    target_kind: &'static str,
+    /// The route's parameters.
+    params: Vec<(String, String)>,
+    /// The client's address.
+    source: Option<String>,
+    note: Note,
+    recorded: bool,
+}
 
 impl Slot {
     pub(crate) fn update(&self, f: impl FnOnce(&mut Note)) {
-        // A note is plain data: a poisoned lock still holds a usable one.
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        f(&mut self.lock().note);
     }
 
-    fn take(&self) -> Note {
-        std::mem::take(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    /// The event with `outcome`; for an error answer, its status and message go to the detail.
+    fn event(
+        &self,
+        tenant_id: &str,
+        outcome: AuditOutcome,
+        error: Option<(StatusCode, &str)>,
+    ) -> NewAuditEvent {
+        let pending = self.lock();
+        let note = &pending.note;
+        let mut detail = match &note.detail {
+            Value::Object(map) => map.clone(),
+            Value::Null => Map::new(),
+            other => Map::from_iter([("detail".to_owned(), other.clone())]),
+        };
+        let mut target_id = note.target_id.clone();
+        for (name, value) in &pending.params {
+            if name == "id" && target_id.is_none() {
+                target_id = Some(value.clone());
+            } else if name != "id" {
+                detail.insert(name.clone(), Value::String(value.clone()));
+            }
+        }
+        if let Some((status, message)) = error {
+            detail.insert("status".to_owned(), json!(status.as_u16()));
+            detail.insert("error".to_owned(), Value::String(message.to_owned()));
+        }
+        NewAuditEvent {
+            at_ms: now_ms(),
+            tenant_id: tenant_id.to_owned(),
+            space_id: note.space_id.clone(),
+            actor: note.actor.clone(),
+            action: pending.action.to_owned(),
+            target_kind: pending.target_kind.to_owned(),
+            target_id,
+            source_addr: pending.source.clone(),
+            outcome,
+            detail: Value::Object(detail),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Plain data: a poisoned lock still holds a usable one.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -233,7 +292,8 @@ impl Slot {
 #[derive(Clone, Debug)]
 pub(crate) struct ErrorMessage(pub(crate) String);
 
-/// The middleware: records an event for every request to an audited route.
+/// The middleware: records an event for every request to an audited route, unless the
+/// handler recorded it with its change.
 pub(crate) async fn record(
     State(shared): State<Arc<Shared>>,
     request: Request,
@@ -263,11 +323,20 @@ pub(crate) async fn record(
         .extensions
         .get::<TlsInfo>()
         .map(|t| t.peer.ip().to_string());
-    let slot = Slot::default();
+    let slot = Slot(Arc::new(Mutex::new(Pending {
+        action,
+        target_kind,
+        params,
+        source,
+        note: Note::default(),
+        recorded: false,
+    })));
     parts.extensions.insert(slot.clone());
     let response = next.run(Request::from_parts(parts, body)).await;
+    if slot.lock().recorded {
+        return response;
+    }
 
-    let note = slot.take();
     let status = response.status();
     let outcome = if status.is_success() {
         AuditOutcome::Success
@@ -276,39 +345,33 @@ pub(crate) async fn record(
     } else {
         AuditOutcome::Failure
     };
-    let mut detail = match note.detail {
-        Value::Object(map) => map,
-        Value::Null => Map::new(),
-        other => Map::from_iter([("detail".to_owned(), other)]),
-    };
-    let mut target_id = note.target_id;
-    for (name, value) in params {
-        if name == "id" && target_id.is_none() {
-            target_id = Some(value);
-        } else if name != "id" {
-            detail.insert(name, Value::String(value));
-        }
-    }
-    if let Some(ErrorMessage(message)) = response.extensions().get::<ErrorMessage>() {
-        detail.insert("status".to_owned(), json!(status.as_u16()));
-        detail.insert("error".to_owned(), Value::String(message.clone()));
-    }
-    let event = NewAuditEvent {
-        at_ms: now_ms(),
-        tenant_id: shared.tenant_id.clone(),
-        space_id: note.space_id,
-        actor: note.actor,
-        action: action.to_owned(),
-        target_kind: target_kind.to_owned(),
-        target_id,
-        source_addr: source,
-        outcome,
-        detail: Value::Object(detail),
-    };
+    let error = response
+        .extensions()
+        .get::<ErrorMessage>()
+        .map(|ErrorMessage(message)| (status, message.as_str()));
+    let event = slot.event(&shared.tenant_id, outcome, error);
     if let Err(error) = shared.store.append_audit(&event).await {
         tracing::error!(message = "audit event not recorded", action, %error);
     }
     response
+}
+
+impl Ctx {
+    /// Commits the handler's change with the request's audit event (outcome `success`) in
+    /// one transaction, so that the change is never recorded apart from it and costs one
+    /// commit; the middleware then records nothing more. The last fallible step of a
+    /// handler: once it succeeded, so has the request. On routes that are not audited it only
+    /// commits.
+    pub(crate) async fn commit(&self, mut tx: WriteTx) -> Result<(), ApiError> {
+        let Some(slot) = &self.note else {
+            return Ok(tx.commit().await?);
+        };
+        let event = slot.event(&self.shared.tenant_id, AuditOutcome::Success, None);
+        tx.append_audit(&event).await?;
+        tx.commit().await?;
+        slot.lock().recorded = true;
+        Ok(())
+    }
 }
 
 /// Which events to read: a data space (`audit_read` there) or, without one, the whole

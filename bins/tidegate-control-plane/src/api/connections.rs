@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tidegate_metadata::{
-    ConnectionRecord, MetadataStore, NewConnection, Page, SealedCredentials, validate_name,
+    ConnectionRecord, MetadataStore, NewConnection, Page, SealedCredentials, WriteTx, validate_name,
 };
 use tidegate_proto::{Command, CommandOutcome, ConnectionSpec, SecretMap, SecretString};
 use tidegate_rbac::Action;
@@ -173,8 +173,8 @@ pub(crate) async fn create(
     }
     let mut settings = req.settings;
     note_secret_names(&mut settings, &secrets);
-    let created = shared
-        .store
+    let mut tx = shared.store.begin_write().await?;
+    let mut connection = tx
         .create_connection(&NewConnection {
             space_id: space.id,
             name: req.name,
@@ -183,22 +183,14 @@ pub(crate) async fn create(
             credentials: None,
         })
         .await?;
-    ctx.note(|n| n.target_id = Some(created.id.clone()));
-    // The sealed blob is bound to the connection's id, which the store has just chosen.
-    let connection = if secrets.is_empty() {
-        created
-    } else {
-        let id = created.id.clone();
-        match shared.seal(created, &secrets).await {
-            Ok(c) => c,
-            Err(e) => {
-                if let Err(error) = shared.store.delete_connection(&id).await {
-                    tracing::warn!(message = "half-created connection left", connection = %id, %error);
-                }
-                return Err(e);
-            }
-        }
-    };
+    ctx.note(|n| n.target_id = Some(connection.id.clone()));
+    // The sealed blob is bound to the connection's id, which the store has just chosen; both
+    // are committed together, or neither.
+    if !secrets.is_empty() {
+        connection.credentials = Some(shared.seal_for(&connection.id, &secrets)?);
+        connection = tx.update_connection(&connection).await?;
+    }
+    ctx.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(connection.into())))
 }
 
@@ -280,7 +272,7 @@ pub(crate) async fn update(
 ) -> Result<Json<ConnectionView>, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
-    let mut connection = shared.connection(&id).await?;
+    let connection = shared.connection(&id).await?;
     ctx.check(
         &caller,
         Action::ConnectionUpdate,
@@ -296,22 +288,25 @@ pub(crate) async fn update(
     for name in req.secrets.keys() {
         validate_name("secrets", name)?;
     }
-    // Without a version the change applies to whatever is stored: a concurrent writer that
-    // wins the compare-and-swap makes it read the connection again and retry, a few times.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        super::check_version(req.version, connection.version)?;
-        let changed = changed_connection(shared, connection, &req)?;
-        match shared.store.update_connection(&changed).await {
-            Ok(updated) => return Ok(Json(updated.into())),
-            Err(tidegate_metadata::Error::Conflict(_))
-                if req.version.is_none() && attempt < super::MAX_ATTEMPTS =>
-            {
-                connection = shared.connection(&id).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let changed = ctx
+        .change(&id, req.version, connection, |c| {
+            changed_connection(shared, c, &req)
+        })
+        .await?;
+    Ok(Json(changed.into()))
+}
+
+impl super::Versioned for ConnectionRecord {
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    async fn read(tx: &mut WriteTx, id: &str) -> Result<Self, tidegate_metadata::Error> {
+        tx.connection(id).await
+    }
+
+    async fn write(tx: &mut WriteTx, changed: &Self) -> Result<Self, tidegate_metadata::Error> {
+        tx.update_connection(changed).await
     }
 }
 
@@ -375,7 +370,9 @@ pub(crate) async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<StatusCod
         Some(&connection.space_id),
     )
     .await?;
-    shared.store.delete_connection(&connection.id).await?;
+    let mut tx = shared.store.begin_write().await?;
+    tx.delete_connection(&connection.id).await?;
+    ctx.commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -445,16 +442,6 @@ impl Shared {
             return Err(ApiError::not_found(format!("connection {id} not found")));
         }
         Ok(connection)
-    }
-
-    /// Seals `secrets` for the connection and stores them with it.
-    async fn seal(
-        &self,
-        mut connection: ConnectionRecord,
-        secrets: &SecretMap,
-    ) -> Result<ConnectionRecord, ApiError> {
-        connection.credentials = Some(self.seal_for(&connection.id, secrets)?);
-        Ok(self.store.update_connection(&connection).await?)
     }
 
     /// `secrets` sealed under the tenant's active data key, bound to the connection's id.

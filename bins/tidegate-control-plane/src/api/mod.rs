@@ -16,6 +16,7 @@ mod spaces;
 mod tasks;
 mod users;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tidegate_metadata::{Cursor, DataSpace, MetadataStore, Page, PageRequest};
+use tidegate_metadata::{Cursor, DataSpace, MetadataStore, Page, PageRequest, WriteTx};
 
 /// Pages a list held in memory (for lists the store cannot page as asked, such as a space's
 /// members grouped by user): `items` sorted by `key`, the cursor being the last key returned.
@@ -176,20 +177,66 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Refuses a change made against an older version of an object than the stored one (409), so
-/// that two editors do not overwrite each other unknowingly. Without a version, the change
-/// applies to whatever is stored (the store still refuses a concurrent write).
-pub(crate) fn check_version(expected: Option<i64>, stored: i64) -> Result<(), ApiError> {
-    match expected {
-        Some(v) if v != stored => Err(ApiError::conflict(format!(
-            "the object changed since version {v}; it is at version {stored}: read it again"
-        ))),
-        _ => Ok(()),
-    }
+/// An object changed by reading it, changing it in memory and writing it back only if its
+/// `version` is still the one read (compare-and-swap): see [`Ctx::change`].
+pub(crate) trait Versioned: Clone + Send + Sync {
+    fn version(&self) -> i64;
+    /// The object as stored, read in `tx`.
+    fn read(tx: &mut WriteTx, id: &str) -> impl Future<Output = StoreResult<Self>> + Send;
+    /// Writes `changed` in `tx` if the stored version is still `changed`'s, else a conflict.
+    fn write(tx: &mut WriteTx, changed: &Self) -> impl Future<Output = StoreResult<Self>> + Send;
 }
 
+type StoreResult<T> = Result<T, tidegate_metadata::Error>;
+
 /// How many times a change without a version is tried against concurrent writers.
-pub(crate) const MAX_ATTEMPTS: u32 = 5;
+const MAX_ATTEMPTS: u32 = 5;
+
+impl Ctx {
+    /// Applies `change` to the object `id` (`current` is how the request read it, to
+    /// authorize it) and commits the result with the request's audit event.
+    ///
+    /// A change made against a version (`expected`) older than the stored one is refused
+    /// (409), so that two editors do not overwrite each other unknowingly. Without a version
+    /// it applies to whatever is stored: when a concurrent writer wins the compare-and-swap,
+    /// the object is read again and the change tried again, a few times. The retry reads in
+    /// its write transaction, which on SQLite holds the write lock, so it cannot lose again:
+    /// writers queued for the lock would otherwise keep reading versions that the one before
+    /// them is about to replace.
+    pub(crate) async fn change<T: Versioned>(
+        &self,
+        id: &str,
+        expected: Option<i64>,
+        mut current: T,
+        change: impl Fn(T) -> Result<T, ApiError> + Send,
+    ) -> Result<T, ApiError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.shared.store.begin_write().await?;
+            if attempt > 1 {
+                current = T::read(&mut tx, id).await?;
+            }
+            if let Some(v) = expected
+                && v != current.version()
+            {
+                return Err(ApiError::conflict(format!(
+                    "the object changed since version {v}; it is at version {}: read it again",
+                    current.version()
+                )));
+            }
+            match T::write(&mut tx, &change(current.clone())?).await {
+                Ok(changed) => {
+                    self.commit(tx).await?;
+                    return Ok(changed);
+                }
+                Err(tidegate_metadata::Error::Conflict(_))
+                    if expected.is_none() && attempt < MAX_ATTEMPTS => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
 
 /// Deserializes a field that may be absent (`None`), `null` (`Some(None)`) or a value.
 pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>

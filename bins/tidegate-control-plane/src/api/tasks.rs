@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tidegate_metadata::{
     DataTaskRecord, MetadataStore, NewDataTask, Page, RunReplication, TableRun, TaskRunRecord,
-    TaskType, validate_name,
+    TaskType, WriteTx, validate_name,
 };
 use tidegate_proto::{
     Command, CommandOutcome, TableSelection, TableState, TaskKind, TaskSpec, TaskState,
@@ -153,8 +153,8 @@ pub(crate) async fn create(
     shared.same_space(&space.id, "source_id", &source.space_id)?;
     let target = shared.connection(&req.target_id).await?;
     shared.same_space(&space.id, "target_id", &target.space_id)?;
-    let task = shared
-        .store
+    let mut tx = shared.store.begin_write().await?;
+    let task = tx
         .create_task(&NewDataTask {
             space_id: space.id.clone(),
             name: req.name,
@@ -167,6 +167,7 @@ pub(crate) async fn create(
         })
         .await?;
     ctx.note(|n| n.target_id = Some(task.id.clone()));
+    ctx.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(task.into())))
 }
 
@@ -249,7 +250,7 @@ pub(crate) async fn update(
 ) -> Result<Json<TaskView>, ApiError> {
     let shared = &ctx.shared;
     let caller = ctx.caller().await?;
-    let mut task = shared.task(&id).await?;
+    let task = shared.task(&id).await?;
     ctx.check(&caller, Action::TaskUpdate, Some(&task.space_id))
         .await?;
     // Checked once: a task's data space never changes.
@@ -270,44 +271,46 @@ pub(crate) async fn update(
             shared.same_space(&task.space_id, field, &of)?;
         }
     }
-    // Without a version the change applies to whatever is stored: a concurrent writer that
-    // wins the compare-and-swap makes it read the task again and retry, a few times.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        super::check_version(req.version, task.version)?;
-        let req = &req;
-        let mut changed = task.clone();
-        if let Some(name) = &req.name {
-            changed.name.clone_from(name);
-        }
-        if let Some(gateway_id) = &req.gateway_id {
-            changed.gateway_id.clone_from(gateway_id);
-        }
-        if let Some(source_id) = &req.source_id {
-            changed.source_connection_id.clone_from(source_id);
-        }
-        if let Some(target_id) = &req.target_id {
-            changed.target_connection_id.clone_from(target_id);
-        }
-        if let Some(task_type) = req.task_type {
-            changed.task_type = task_type;
-        }
-        if let Some(tables) = &req.tables {
-            changed.tables = tables.clone();
-        }
-        if let Some(schedule) = &req.schedule {
-            changed.schedule.clone_from(schedule);
-        }
-        match shared.store.update_task(&changed).await {
-            Ok(updated) => return Ok(Json(updated.into())),
-            Err(tidegate_metadata::Error::Conflict(_))
-                if req.version.is_none() && attempt < super::MAX_ATTEMPTS =>
-            {
-                task = shared.task(&id).await?;
+    let changed = ctx
+        .change(&id, req.version, task, |mut changed| {
+            if let Some(name) = &req.name {
+                changed.name.clone_from(name);
             }
-            Err(e) => return Err(e.into()),
-        }
+            if let Some(gateway_id) = &req.gateway_id {
+                changed.gateway_id.clone_from(gateway_id);
+            }
+            if let Some(source_id) = &req.source_id {
+                changed.source_connection_id.clone_from(source_id);
+            }
+            if let Some(target_id) = &req.target_id {
+                changed.target_connection_id.clone_from(target_id);
+            }
+            if let Some(task_type) = req.task_type {
+                changed.task_type = task_type;
+            }
+            if let Some(tables) = &req.tables {
+                changed.tables = tables.clone();
+            }
+            if let Some(schedule) = &req.schedule {
+                changed.schedule.clone_from(schedule);
+            }
+            Ok(changed)
+        })
+        .await?;
+    Ok(Json(changed.into()))
+}
+
+impl super::Versioned for DataTaskRecord {
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    async fn read(tx: &mut WriteTx, id: &str) -> Result<Self, tidegate_metadata::Error> {
+        tx.task(id).await
+    }
+
+    async fn write(tx: &mut WriteTx, changed: &Self) -> Result<Self, tidegate_metadata::Error> {
+        tx.update_task(changed).await
     }
 }
 
@@ -337,7 +340,9 @@ pub(crate) async fn delete(
     if task.task_type != TaskType::FullLoad && !query.force {
         shared.drop_replication(&task).await?;
     }
-    shared.store.delete_task(&task.id).await?;
+    let mut tx = shared.store.begin_write().await?;
+    tx.delete_task(&task.id).await?;
+    ctx.commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
