@@ -410,7 +410,9 @@ impl SqlStore {
     ///
     /// On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so it waits for other
     /// writers here rather than half-way. Other writers wait for it in turn: do nothing slow
-    /// between this and [`WriteTx::commit`].
+    /// between this and [`WriteTx::commit`], and never wait for another write of the same
+    /// store meanwhile (on SQLite the transaction holds the one connection that writes; in
+    /// memory, the one connection there is).
     pub async fn begin_write(&self) -> Result<WriteTx, Error> {
         let op = "beginning a transaction";
         let tx = match self.backend {
