@@ -131,39 +131,7 @@ async fn change_data_capture_survives_link_faults_a_source_restart_and_a_refusin
     config.control_plane = format!("wss://localhost:{}", proxy.address.port());
     let gateway = harness.online(&gateway_id, config, identity).await;
 
-    let source = harness
-        .api
-        .post(
-            "/api/v1/connections",
-            common::postgres_connection(&pg, "src"),
-        )
-        .await
-        .unwrap();
-    let target = harness
-        .api
-        .post(
-            "/api/v1/connections",
-            common::postgres_connection(&pg, "dst"),
-        )
-        .await
-        .unwrap();
-    let task = harness
-        .api
-        .post(
-            "/api/v1/tasks",
-            json!({"name": "orders live", "gateway_id": gateway_id,
-                   "source_id": source["id"], "target_id": target["id"],
-                   "task_type": "change_data_capture",
-                   "tables": {"include": ["public.orders"]}}),
-        )
-        .await
-        .unwrap();
-    let task_id = task["id"].as_str().unwrap().to_owned();
-    let run = harness
-        .api
-        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
-        .await
-        .unwrap();
+    let (_, run) = harness.start_orders_capture(&gateway_id, &pg).await;
     let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
     let run_state = async || harness.api.get(&run_path).await.unwrap();
     common::until("streaming", async || {

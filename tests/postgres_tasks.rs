@@ -384,39 +384,7 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
     common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
 
-    let source = harness
-        .api
-        .post(
-            "/api/v1/connections",
-            common::postgres_connection(&pg, "src"),
-        )
-        .await
-        .unwrap();
-    let target = harness
-        .api
-        .post(
-            "/api/v1/connections",
-            common::postgres_connection(&pg, "dst"),
-        )
-        .await
-        .unwrap();
-    let task = harness
-        .api
-        .post(
-            "/api/v1/tasks",
-            json!({"name": "orders live", "gateway_id": gateway_id,
-                   "source_id": source["id"], "target_id": target["id"],
-                   "task_type": "change_data_capture",
-                   "tables": {"include": ["public.orders"]}}),
-        )
-        .await
-        .unwrap();
-    let task_id = task["id"].as_str().unwrap().to_owned();
-    let run = harness
-        .api
-        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
-        .await
-        .unwrap();
+    let (task_id, run) = harness.start_orders_capture(&gateway_id, &pg).await;
     let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
 
     // The initial load lands, then changes follow while the run keeps running.

@@ -177,6 +177,44 @@ impl Harness {
         (src, dst, task)
     }
 
+    /// Connections to databases `src` and `dst` of `pg`, a change data capture task of
+    /// `public.orders` between them on `gateway_id`, and its first run started; returns the
+    /// task's id and the run as the API answered.
+    pub async fn start_orders_capture(
+        &self,
+        gateway_id: &str,
+        pg: &tidegate_testkit::PgServer,
+    ) -> (String, serde_json::Value) {
+        let source = self
+            .api
+            .post("/api/v1/connections", postgres_connection(pg, "src"))
+            .await
+            .unwrap();
+        let target = self
+            .api
+            .post("/api/v1/connections", postgres_connection(pg, "dst"))
+            .await
+            .unwrap();
+        let task = self
+            .api
+            .post(
+                "/api/v1/tasks",
+                json!({"name": self.unique("orders live"), "gateway_id": gateway_id,
+                       "source_id": source["id"], "target_id": target["id"],
+                       "task_type": "change_data_capture",
+                       "tables": {"include": ["public.orders"]}}),
+            )
+            .await
+            .unwrap();
+        let task_id = task["id"].as_str().unwrap().to_owned();
+        let run = self
+            .api
+            .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+            .await
+            .unwrap();
+        (task_id, run)
+    }
+
     /// Polls a run until it is neither starting nor running (at most 10 s); returns its view.
     pub async fn wait_run_end(&self, run_id: &str) -> serde_json::Value {
         let path = format!("/api/v1/runs/{run_id}");
