@@ -80,14 +80,9 @@ async fn check(shared: &Shared, run: TaskRunRecord) {
     if !shared.sessions.is_online(&task.gateway_id) {
         return;
     }
-    let source = match shared.connection(&task.source_connection_id).await {
-        Ok(connection) => match shared.spec(connection) {
-            Ok(spec) => spec,
-            Err(error) => {
-                tracing::warn!(message = "replication slot not inspected", task = %task.id, error = %error.message());
-                return;
-            }
-        },
+    let source = async { shared.spec(shared.connection(&task.source_connection_id).await?) };
+    let source = match source.await {
+        Ok(spec) => spec,
         Err(error) => {
             tracing::warn!(message = "replication slot not inspected", task = %task.id, error = %error.message());
             return;
