@@ -14,11 +14,13 @@
 //!      database), and the replica checked equal to the source afterwards.
 //!
 //!    Rates are changes/s; the ratios to `pg_recvlogical` are measured in the same run.
-//! 2. **Lag.** A store-changes task runs live while a generator commits 100-row transactions
-//!    on a fixed schedule, 10,000 changes/s by default (`TIDEGATE_BENCH_LAG_RATE`), for
-//!    `TIDEGATE_BENCH_LAG_SECONDS` (default 20). A transaction's lag runs from its commit
+//! 2. **Lag.** A store-changes task, then an apply task, runs live while a generator commits
+//!    100-row transactions on a fixed schedule, 10,000 changes/s by default
+//!    (`TIDEGATE_BENCH_LAG_RATE`), for `TIDEGATE_BENCH_LAG_SECONDS` (default 20), committing
+//!    synchronously as a production source does. A transaction's lag runs from its commit
 //!    returning at the source to the task's checkpoint passing the server's WAL position read
-//!    right after that commit (so it errs on the long side). p50 / p99 / max are printed.
+//!    right after that commit (so it errs on the long side). p50 / p99 / max are printed, and
+//!    the live replica is checked equal to the source.
 //!
 //! Run with `cargo bench --bench cdc`. Targets: store changes at least 0.70× the rate of
 //! `pg_recvlogical`; lag p99 at most 1 s.
@@ -146,20 +148,35 @@ fn main() {
         rate(apply_time) / rate(recv)
     );
 
-    let (lags, achieved) = runtime.block_on(lag(
-        &pg,
-        config("bench_store"),
-        store_sink(),
-        lag_rate,
-        Duration::from_secs(lag_seconds),
-    ));
-    println!(
-        "  lag at {achieved:.0} changes/s for {lag_seconds} s ({} transactions): \
-         p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-        lags.len(),
-        ms(percentile(&lags, 50.0)),
-        ms(percentile(&lags, 99.0)),
-        ms(lags.last().copied().unwrap_or_default()),
+    for (name, id) in [("store_changes", "bench_store"), ("apply", "bench_apply")] {
+        let (lags, achieved) = runtime.block_on(async {
+            let sink = if id == "bench_store" {
+                store_sink()
+            } else {
+                apply_sink(&target_url).await
+            };
+            lag(
+                &pg,
+                config(id),
+                sink,
+                lag_rate,
+                Duration::from_secs(lag_seconds),
+            )
+            .await
+        });
+        println!(
+            "  {name} lag at {achieved:.0} changes/s for {lag_seconds} s ({} transactions): \
+             p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            lags.len(),
+            ms(percentile(&lags, 50.0)),
+            ms(percentile(&lags, 99.0)),
+            ms(lags.last().copied().unwrap_or_default()),
+        );
+    }
+    assert_eq!(
+        digest(&pg, "dst"),
+        digest(&pg, "src"),
+        "the replica applied live equals the source"
     );
 }
 
@@ -297,8 +314,21 @@ async fn lag(
     rate: u64,
     duration: Duration,
 ) -> (Vec<Duration>, f64) {
+    let mut connection: PgConnection = ConnectConfig::from_url(&pg.url("src"))
+        .expect("config")
+        .sqlx_options()
+        .connect()
+        .await
+        .expect("a connection");
     let task = Task::start(config, sink);
-    task.until(|p| p.phase == CdcPhase::Streaming).await;
+    // Catch up with what was written while the task was stopped before timing anything.
+    let now: String = tidegate::cdc::sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut connection)
+        .await
+        .expect("the WAL position");
+    let now: Lsn = now.parse().expect("an LSN");
+    task.until(|p| p.phase == CdcPhase::Streaming && p.checkpoint >= now)
+        .await;
     // Every change of the checkpoint, with when it was seen.
     let mut progress = task.progress.clone();
     let observer = tokio::spawn(async move {
@@ -310,12 +340,13 @@ async fn lag(
         seen
     });
 
-    let mut connection: PgConnection = ConnectConfig::from_url(&pg.url("src"))
-        .expect("config")
-        .sqlx_options()
-        .connect()
+    // The test cluster defaults to `synchronous_commit = off`, which leaves commits to the WAL
+    // writer (every `wal_writer_delay`, 200 ms) and so hides them from logical decoding until
+    // then. Production sources commit synchronously: so does the generator.
+    tidegate::cdc::sqlx::query("SET synchronous_commit = on")
+        .execute(&mut connection)
         .await
-        .expect("a connection");
+        .expect("synchronous commits");
     let first: i64 = tidegate::cdc::sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM events")
         .fetch_one(&mut connection)
         .await

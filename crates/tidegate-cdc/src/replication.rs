@@ -465,6 +465,12 @@ impl ReplicationStream {
         self.server_wal_end
     }
 
+    /// Whether more of what the server sent was already received: the next
+    /// [`recv`](Self::recv) has (part of) a message to return without waiting.
+    pub fn has_received_more(&self) -> bool {
+        self.connection.has_buffered()
+    }
+
     /// Sets the reported positions; each only ever moves forward. Sent with the next status
     /// update.
     pub fn set_positions(&mut self, positions: Positions) {

@@ -108,6 +108,13 @@ impl ChangeStream {
         self.replication.server_wal_end()
     }
 
+    /// Whether more was already received from the server than returned: the next
+    /// [`next`](Self::next) starts on it without waiting. A keepalive followed by more data is
+    /// not the end of what the server had to send.
+    pub fn has_received_more(&self) -> bool {
+        !self.queue.is_empty() || self.pending.is_some() || self.replication.has_received_more()
+    }
+
     /// Everything up to `lsn` (a [`ChangeEvent::Commit`]'s `end_lsn`) is durable at the
     /// target. Reported with the next status update; call [`send_status`](Self::send_status)
     /// to report it now.

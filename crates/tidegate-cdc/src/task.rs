@@ -804,6 +804,12 @@ impl Run<'_> {
                         continue;
                     }
                     if self.group.transactions > 0 {
+                        if stream.has_received_more() {
+                            // The server sent more while the last group was being made
+                            // durable: the group goes on gathering (within its limits) up to
+                            // the keepalive that ends what the server had to send.
+                            continue;
+                        }
                         // The server had nothing more to send for now.
                         self.flush(stream, sink, summary).await?;
                     } else if let Some(interval) = self.config.idle_checkpoint

@@ -435,6 +435,11 @@ impl Connection {
         }
     }
 
+    /// Whether bytes from the server were received and not yet returned as a message.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.read.is_empty()
+    }
+
     /// Reads the next message. Cancel-safe.
     pub(crate) async fn read_message(&mut self) -> Result<Backend> {
         loop {

@@ -8,22 +8,25 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use arrow::util::display::array_value_to_string;
+use futures::future::BoxFuture;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tidegate_cdc::sqlx::{self, Connection, PgConnection};
 use tidegate_cdc::{
-    ApplySinkConfig, BatchConfig, COMMIT_LSN_COLUMN, CancellationToken, CdcTaskConfig,
-    CdcTaskSummary, ConnectConfig, Error, LSN_COLUMN, Lsn, OLD_COLUMN_PREFIX, OP_COLUMN,
-    PostgresApplySink, StoreChangesSink, StoreSinkConfig, TableRef, UNCHANGED_COLUMN, run_cdc_task,
-    slot_info,
+    ApplySinkConfig, BatchConfig, COMMIT_LSN_COLUMN, CancellationToken, CdcPhase, CdcProgress,
+    CdcTaskConfig, CdcTaskSummary, ChangeBatch, ChangeSink, Checkpoint, CommitGroup, ConnectConfig,
+    Error, LSN_COLUMN, Lsn, OLD_COLUMN_PREFIX, OP_COLUMN, PostgresApplySink, StoreChangesSink,
+    StoreSinkConfig, TableDescription, TableRef, UNCHANGED_COLUMN, run_cdc_task,
+    run_cdc_task_with_progress, slot_info,
 };
+use tidegate_replicate::{CopySummary, Sink};
 use tidegate_testkit::PgServer;
 
 const CATCH_UP: Duration = Duration::from_secs(90);
@@ -502,6 +505,117 @@ async fn store_changes_replay_to_the_source_state_across_restarts() {
     assert_eq!(manifests[0].kind, "snapshot");
     let newest = manifests.last().unwrap();
     assert_eq!(newest.lsn, summary.checkpoint.unwrap().lsn.to_string());
+}
+
+/// A target that takes its time to commit, as a distant one does; counts the groups that
+/// held transactions.
+#[derive(Debug)]
+struct SlowCommits {
+    inner: StoreChangesSink,
+    delay: Duration,
+    groups: Arc<AtomicUsize>,
+}
+
+impl ChangeSink for SlowCommits {
+    fn checkpoint(&mut self) -> BoxFuture<'_, Result<Option<Checkpoint>, Error>> {
+        self.inner.checkpoint()
+    }
+
+    fn snapshot_sink(&self) -> Arc<dyn Sink> {
+        self.inner.snapshot_sink()
+    }
+
+    fn snapshot_loaded<'a>(
+        &'a mut self,
+        consistent_point: Lsn,
+        load: &'a CopySummary,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.inner.snapshot_loaded(consistent_point, load)
+    }
+
+    fn relation<'a>(&'a mut self, table: &'a TableDescription) -> BoxFuture<'a, Result<(), Error>> {
+        self.inner.relation(table)
+    }
+
+    fn write(&mut self, batch: ChangeBatch) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.write(batch)
+    }
+
+    fn commit<'a>(&'a mut self, group: &'a CommitGroup) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            if group.transactions > 0 {
+                self.groups.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.commit(group).await
+        })
+    }
+
+    fn abort(&mut self) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.abort()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_received_during_a_slow_commit_share_the_next_group() {
+    let env = Env::start(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Only the server running out of changes ends a group here.
+    let config =
+        env.task("slow", &["items"])
+            .with_group(1_000_000, 1_000_000, Duration::from_secs(60));
+    let groups = Arc::new(AtomicUsize::new(0));
+    let mut sink = SlowCommits {
+        inner: store_sink(dir.path(), "slow"),
+        delay: Duration::from_millis(300),
+        groups: Arc::clone(&groups),
+    };
+    let (progress, mut watch) = tokio::sync::watch::channel(CdcProgress::default());
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    let handle = tokio::spawn(async move {
+        run_cdc_task_with_progress(&config, &mut sink, token, &progress).await
+    });
+    tokio::time::timeout(CATCH_UP, watch.wait_for(|p| p.phase == CdcPhase::Streaming))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Committed one by one, synchronously: the server sends each as it commits, and a
+    // keepalive after each once it has caught up.
+    let mut source = env.source().await;
+    sqlx::query("SET synchronous_commit = on")
+        .execute(&mut source)
+        .await
+        .unwrap();
+    const TRANSACTIONS: usize = 40;
+    for i in 0..TRANSACTIONS {
+        sqlx::query("INSERT INTO items (id, name, qty) VALUES ($1, 'slow', 1)")
+            .bind(1_000_000 + i as i64)
+            .execute(&mut source)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let end: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut source)
+        .await
+        .unwrap();
+    let end: Lsn = end.parse().unwrap();
+    tokio::time::timeout(CATCH_UP, watch.wait_for(|p| p.checkpoint >= end))
+        .await
+        .unwrap()
+        .unwrap();
+    cancel.cancel();
+    let summary = handle.await.unwrap().unwrap();
+
+    assert_eq!(summary.transactions, TRANSACTIONS as u64, "{summary:?}");
+    // A group per keepalive would be one per transaction: 40 commits of 300 ms.
+    let groups = groups.load(Ordering::SeqCst);
+    assert!(
+        groups <= TRANSACTIONS / 4,
+        "{groups} groups for {TRANSACTIONS} transactions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
