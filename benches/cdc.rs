@@ -230,7 +230,7 @@ impl Task {
             .wait_for(|p| done(p))
             .await
             .expect("the task is running");
-        *value
+        value.clone()
     }
 
     async fn stop(self) {

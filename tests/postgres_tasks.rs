@@ -522,6 +522,151 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_table_is_reported_and_resynced_through_the_control_plane() {
+    let harness = Harness::start().await;
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("src").unwrap();
+    pg.create_database("dst").unwrap();
+    pg.execute(
+        "src",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12, 2), note text);
+         INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, 500) g;
+         CREATE TABLE items (id bigint PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 300) g;",
+    )
+    .unwrap();
+    let items_digest = |database: &str| {
+        pg.execute(
+            database,
+            "SELECT count(*), coalesce(sum(id), 0), md5(string_agg(name, ',' ORDER BY id)) FROM items",
+        )
+        .unwrap()
+    };
+    let (gateway_id, config, identity) = harness.enrolled("gw").await;
+    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
+    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let source = harness
+        .api
+        .post(
+            "/api/v1/connections",
+            common::postgres_connection(&pg, "src"),
+        )
+        .await
+        .unwrap();
+    let target = harness
+        .api
+        .post(
+            "/api/v1/connections",
+            common::postgres_connection(&pg, "dst"),
+        )
+        .await
+        .unwrap();
+    let task = harness
+        .api
+        .post(
+            "/api/v1/tasks",
+            json!({"name": "two tables live", "gateway_id": gateway_id,
+                   "source_id": source["id"], "target_id": target["id"],
+                   "task_type": "change_data_capture",
+                   "tables": {"include": ["public.orders", "public.items"]}}),
+        )
+        .await
+        .unwrap();
+    let task_id = task["id"].as_str().unwrap();
+    let (run, run_path) = harness.run_until_streaming(task_id).await;
+
+    // The target refuses one table's changes: that table is set apart and reported, the
+    // other goes on, and the run keeps running.
+    pg.execute(
+        "dst",
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'items are frozen'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON items
+             FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .unwrap();
+    pg.execute(
+        "src",
+        "INSERT INTO items VALUES (1001, 'late item');
+         UPDATE items SET name = name || ' renamed' WHERE id % 5 = 0;
+         INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(501, 700) g;",
+    )
+    .unwrap();
+    let failed = common::until("failed table reported", async || {
+        let run = harness.api.get(&run_path).await.unwrap();
+        run["replication"]["failed_tables"]
+            .as_array()
+            .is_some_and(|tables| !tables.is_empty())
+            .then_some(run)
+    })
+    .await;
+    assert_eq!(failed["state"], json!("Running"), "{failed}");
+    let tables = failed["replication"]["failed_tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 1, "{failed}");
+    assert_eq!(tables[0]["table"], json!("public.items"), "{failed}");
+    let error = tables[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("P0001") && error.contains("items are frozen"),
+        "{error}"
+    );
+    let expected = common::orders_digest(&pg, "src");
+    common::until("the other table applied", async || {
+        (common::orders_digest(&pg, "dst") == expected).then_some(())
+    })
+    .await;
+
+    // A resync names tables of the task only.
+    let refused = harness
+        .api
+        .post(
+            &format!("/api/v1/tasks/{task_id}/resync"),
+            json!({"tables": ["public.nope"]}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("409") && refused.contains("not one of the task's tables"),
+        "{refused}"
+    );
+
+    // Fixed and resynced: the table is loaded again alone and follows again.
+    pg.execute("dst", "DROP TRIGGER refuse ON items").unwrap();
+    let accepted = harness
+        .api
+        .post(
+            &format!("/api/v1/tasks/{task_id}/resync"),
+            json!({"tables": ["public.items"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(accepted["state"], json!("resyncing"), "{accepted}");
+    pg.execute("src", "INSERT INTO items VALUES (1002, 'after the fix')")
+        .unwrap();
+    let expected = items_digest("src");
+    common::until("the table resynced", async || {
+        (items_digest("dst") == expected).then_some(())
+    })
+    .await;
+    common::until("no failed table reported", async || {
+        let run = harness.api.get(&run_path).await.unwrap();
+        (run["replication"]["failed_tables"] == json!([])).then_some(())
+    })
+    .await;
+    harness
+        .api
+        .post(&format!("/api/v1/tasks/{task_id}/stop"), json!({}))
+        .await
+        .unwrap();
+    let stopped = harness.wait_run_end(run["id"].as_str().unwrap()).await;
+    assert_eq!(stopped["state"], json!("Stopped"), "{stopped}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
     let harness = Harness::start().await;
     let pg = tokio::task::spawn_blocking(PgServer::start)
@@ -570,17 +715,7 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
         .await
         .unwrap();
     let task_id = task["id"].as_str().unwrap().to_owned();
-    let run = harness
-        .api
-        .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
-        .await
-        .unwrap();
-    let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
-    common::until("initial load", async || {
-        let run = harness.api.get(&run_path).await.unwrap();
-        (run["replication"]["phase"] == json!("Streaming")).then_some(())
-    })
-    .await;
+    let (run, run_path) = harness.run_until_streaming(&task_id).await;
     pg.execute(
         "src",
         "UPDATE orders SET note = 'changed' WHERE id <= 10; DELETE FROM orders WHERE id > 90;",

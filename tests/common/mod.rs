@@ -215,6 +215,23 @@ impl Harness {
         (task_id, run)
     }
 
+    /// Starts a run of change data capture task `task_id` and waits until it streams; returns
+    /// the run and its path.
+    pub async fn run_until_streaming(&self, task_id: &str) -> (serde_json::Value, String) {
+        let run = self
+            .api
+            .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+            .await
+            .unwrap();
+        let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
+        until("initial load reported", async || {
+            let run = self.api.get(&run_path).await.unwrap();
+            (run["replication"]["phase"] == json!("Streaming")).then_some(())
+        })
+        .await;
+        (run, run_path)
+    }
+
     /// Polls a run until it is neither starting nor running (at most 10 s); returns its view.
     pub async fn wait_run_end(&self, run_id: &str) -> serde_json::Value {
         let path = format!("/api/v1/runs/{run_id}");

@@ -245,6 +245,11 @@ pub(crate) async fn run(
                             apply_replication(&shared, report).await;
                         }
                     }
+                    Message::FailedTables(report) => {
+                        if owns_run(&shared, &gateway_id, &report.task_id, &report.run_id).await {
+                            apply_failed_tables(&shared, report).await;
+                        }
+                    }
                     Message::Metrics(metrics) => seen(&shared, &gateway_id, Some(&metrics)).await,
                     Message::Error(report) => {
                         tracing::warn!(message = "gateway reported an error", gateway = %gateway_id, code = ?report.code, error = %report.message);
@@ -448,7 +453,34 @@ async fn apply_replication(shared: &Shared, report: tidegate_proto::ReplicationR
         warning: report
             .retrying
             .map(|error| format!("retrying after an error: {error}")),
+        // Reported on their own, when they change.
+        failed_tables: run
+            .replication
+            .map(|replication| replication.failed_tables)
+            .unwrap_or_default(),
     };
+    if let Err(error) = shared
+        .store
+        .record_run_replication(&run.id, &replication)
+        .await
+    {
+        tracing::warn!(message = "run replication not recorded", run = %run.id, %error);
+    }
+}
+
+async fn apply_failed_tables(shared: &Shared, report: tidegate_proto::FailedTablesReport) {
+    let run = match shared.store.run(&report.run_id).await {
+        Ok(run) => run,
+        Err(error) => {
+            tracing::warn!(message = "failed tables report for an unknown run", run = %report.run_id, %error);
+            return;
+        }
+    };
+    for table in &report.tables {
+        tracing::warn!(message = "a table of the run failed and is set apart", run = %run.id, table = %table.table, error = %table.error);
+    }
+    let mut replication = run.replication.unwrap_or_default();
+    replication.failed_tables = report.tables;
     if let Err(error) = shared
         .store
         .record_run_replication(&run.id, &replication)

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidegate_cdc::{
     ApplySinkConfig, CdcPhase, CdcProgress, CdcTaskConfig, ChangeSink, ConnectConfig,
-    PostgresApplySink, SlotInfo, SslMode, StoreChangesSink, StoreSinkConfig, TableRef,
+    PostgresApplySink, SlotInfo, SslMode, StoreChangesSink, StoreSinkConfig, TableRef, TableState,
 };
 use tidegate_proto::{
-    CommandOutcome, ConnectionSpec, ErrorCode, ErrorReport, Message, ReplicationPhase,
-    ReplicationReport, SlotReport, TaskKind, TaskSpec, TaskState,
+    CommandId, CommandOutcome, CommandResult, ConnectionSpec, ErrorCode, ErrorReport, FailedTable,
+    FailedTablesReport, Message, ReplicationPhase, ReplicationReport, SlotReport, TaskKind,
+    TaskSpec, TaskState,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,11 +25,23 @@ use crate::runner::{
 /// How often a running task's position is reported when it changed.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// A request to load tables of the running task again alone; the run answers it.
+#[derive(Debug)]
+pub(crate) struct ResyncRequest {
+    /// The command to answer.
+    pub(crate) id: CommandId,
+    /// The tables, as `schema.name`.
+    pub(crate) tables: Vec<String>,
+}
+
 /// Reports a CDC error under the side that failed, with its text: names, positions and
 /// counts, never values or credentials.
 fn cdc_error(e: &tidegate_cdc::Error) -> ErrorReport {
     use tidegate_cdc::Error as E;
     let code = match e {
+        E::Table { source, .. } => {
+            return report(cdc_error(source).code, e.to_string(), e.is_retryable());
+        }
         E::Target { .. }
         | E::TargetDiverged { .. }
         | E::ObjectStore { .. }
@@ -181,7 +194,7 @@ fn replication_report(spec: &TaskSpec, progress: &CdcProgress, retrying: Option<
         task_id: spec.task_id.clone(),
         run_id: spec.run_id.clone(),
         phase: match progress.phase {
-            CdcPhase::InitialLoad => ReplicationPhase::InitialLoad,
+            CdcPhase::InitialLoad | CdcPhase::Resyncing => ReplicationPhase::InitialLoad,
             CdcPhase::Streaming => ReplicationPhase::Streaming,
             _ => ReplicationPhase::Starting,
         },
@@ -196,6 +209,20 @@ fn replication_report(spec: &TaskSpec, progress: &CdcProgress, retrying: Option<
     })
 }
 
+fn failed_tables_report(spec: &TaskSpec, failed: &[TableState]) -> Message {
+    Message::FailedTables(FailedTablesReport {
+        task_id: spec.task_id.clone(),
+        run_id: spec.run_id.clone(),
+        tables: failed
+            .iter()
+            .map(|state| FailedTable {
+                table: state.table.to_string(),
+                error: state.failure.clone().unwrap_or_default(),
+            })
+            .collect(),
+    })
+}
+
 /// Runs a CDC task until it is stopped or fails, and reports its life cycle and position on
 /// `events`. Errors that may pass (the source or target restarting, a dropped connection)
 /// are retried with backoff while the run keeps running; the error is shown on the run
@@ -206,21 +233,30 @@ pub(crate) async fn run_cdc(
     spec: TaskSpec,
     events: mpsc::Sender<Message>,
     cancel: CancellationToken,
+    resync: Option<mpsc::Receiver<ResyncRequest>>,
 ) -> (TaskState, u64) {
     let _ = events.send(status(&spec, TaskState::Running, None)).await;
     let (progress, mut watched) = watch::channel(CdcProgress::default());
     let (retrying_tx, mut retrying) = watch::channel(None::<String>);
-    let run = capture(&spec, &progress, &retrying_tx, &cancel);
+    let run = capture(&spec, &progress, &retrying_tx, &cancel, &events, resync);
     tokio::pin!(run);
     let mut ticker = tokio::time::interval(REPORT_EVERY);
+    // The failed tables the control plane was told of.
+    let mut failed_sent: Vec<TableState> = Vec::new();
     let result = loop {
         tokio::select! {
             result = &mut run => break result,
             _ = ticker.tick() => {
+                let failed = watched.borrow().failed_tables.clone();
+                if failed != failed_sent
+                    && events.try_send(failed_tables_report(&spec, &failed)).is_ok()
+                {
+                    failed_sent = failed;
+                }
                 let changed = watched.has_changed().unwrap_or(false)
                     | retrying.has_changed().unwrap_or(false);
                 if changed {
-                    let now = *watched.borrow_and_update();
+                    let now = watched.borrow_and_update().clone();
                     // A retried run streaming again is over its error.
                     if now.phase == CdcPhase::Streaming && retrying.borrow().is_some() {
                         retrying_tx.send_replace(None);
@@ -232,7 +268,7 @@ pub(crate) async fn run_cdc(
             }
         }
     };
-    let last = *progress.borrow();
+    let last = progress.borrow().clone();
     let _ = events.send(replication_report(&spec, &last, None)).await;
     let rows = last.load_rows.saturating_add(last.rows);
     let (state, error) = match result {
@@ -256,38 +292,70 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Opens the source and the sink and runs the task until `cancel` fires; retries errors that
 /// may pass, from the target's checkpoint, with exponential backoff (1 s doubling to 30 s,
-/// back to 1 s once an attempt made progress).
+/// back to 1 s once an attempt made progress). A resync request that names tables of the
+/// task is accepted and the task started again at once, resyncing them.
 async fn capture(
     spec: &TaskSpec,
     progress: &watch::Sender<CdcProgress>,
     retrying: &watch::Sender<Option<String>>,
     cancel: &CancellationToken,
+    events: &mpsc::Sender<Message>,
+    mut resync_requests: Option<mpsc::Receiver<ResyncRequest>>,
 ) -> Result<(), ErrorReport> {
     let id = cdc_task_id(&spec.task_id)?;
     let source = source_config(&spec.source)?;
     let mut delay = Duration::from_secs(1);
+    // The task's tables as last discovered, and those to resync on the next attempt.
+    let discovered = std::sync::Mutex::new(Vec::<TableRef>::new());
+    let mut resync = Vec::new();
     loop {
-        let before = *progress.borrow();
+        let before = progress.borrow().checkpoint;
+        let attempt_cancel = cancel.child_token();
+        let attempt_resync = std::mem::take(&mut resync);
         let attempt = async {
             let tables = tables(spec).await?;
+            *discovered.lock().unwrap_or_else(|e| e.into_inner()) = tables.clone();
             let mut sink = open_change_sink(spec.kind, &id, &spec.target).await?;
-            let config = CdcTaskConfig::new(id.clone(), source.clone(), tables);
+            let config =
+                CdcTaskConfig::new(id.clone(), source.clone(), tables).with_resync(attempt_resync);
             tidegate_cdc::run_cdc_task_with_progress(
                 &config,
                 sink.as_mut(),
-                cancel.clone(),
+                attempt_cancel.clone(),
                 progress,
             )
             .await
             .map(drop)
             .map_err(|e| cdc_error(&e))
         };
-        let error = match attempt.await {
+        tokio::pin!(attempt);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut attempt => break outcome,
+                Some(request) = next_request(&mut resync_requests) => {
+                    let known = discovered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let outcome = match resync_tables(&request.tables, &known) {
+                        Ok(tables) => {
+                            tracing::info!(message = "resyncing tables", task = %spec.task_id, run = %spec.run_id, tables = tables.len());
+                            resync = tables;
+                            attempt_cancel.cancel();
+                            Ok(CommandOutcome::Accepted)
+                        }
+                        Err(error) => Err(error),
+                    };
+                    let _ = events
+                        .send(Message::CommandResult(CommandResult { id: request.id, outcome }))
+                        .await;
+                }
+            }
+        };
+        let error = match outcome {
+            Ok(()) if !resync.is_empty() && !cancel.is_cancelled() => continue,
             Ok(()) => return Ok(()),
             Err(error) if error.retryable && !cancel.is_cancelled() => error,
             Err(error) => return Err(error),
         };
-        if progress.borrow().checkpoint > before.checkpoint {
+        if progress.borrow().checkpoint > before {
             delay = Duration::from_secs(1);
         }
         tracing::warn!(message = "task retrying", task = %spec.task_id, run = %spec.run_id, error = %error.message, in_s = delay.as_secs());
@@ -299,6 +367,40 @@ async fn capture(
         }
         delay = (delay * 2).min(RETRY_MAX);
     }
+}
+
+async fn next_request(
+    requests: &mut Option<mpsc::Receiver<ResyncRequest>>,
+) -> Option<ResyncRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The tables of a resync request, each one of the task's (`known`), without repeats.
+fn resync_tables(requested: &[String], known: &[TableRef]) -> Result<Vec<TableRef>, ErrorReport> {
+    if requested.is_empty() {
+        return Err(report(
+            ErrorCode::InvalidRequest,
+            "name at least one table to resync",
+            false,
+        ));
+    }
+    let mut tables: Vec<TableRef> = Vec::new();
+    for name in requested {
+        let Some(table) = known.iter().find(|table| table.to_string() == *name) else {
+            return Err(report(
+                ErrorCode::InvalidRequest,
+                format!("{name} is not one of the task's tables (name them as schema.table)"),
+                false,
+            ));
+        };
+        if !tables.contains(table) {
+            tables.push(table.clone());
+        }
+    }
+    Ok(tables)
 }
 
 fn slot_report(info: SlotInfo) -> SlotReport {

@@ -269,6 +269,8 @@ struct RunningTask {
     run_id: String,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
+    /// Resync requests, for a change data capture run (answered by the run).
+    resync: Option<mpsc::Sender<cdc::ResyncRequest>>,
 }
 
 struct Worker {
@@ -329,7 +331,7 @@ impl Worker {
                     let interval =
                         Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
                     let reason = self
-                        .session(link, interval, &events_tx, &mut events_rx)
+                        .session(link, welcome.version, interval, &events_tx, &mut events_rx)
                         .await;
                     if started.elapsed() > Duration::from_secs(60) {
                         failures = 0;
@@ -380,6 +382,7 @@ impl Worker {
     async fn session<T: tidegate_link::Transport>(
         &mut self,
         link: tidegate_link::Link<T>,
+        version: tidegate_proto::ProtocolVersion,
         interval: Duration,
         events_tx: &mpsc::Sender<Message>,
         events_rx: &mut mpsc::Receiver<Message>,
@@ -415,6 +418,11 @@ impl Worker {
                     }
                 }
                 Some(event) = events_rx.recv() => {
+                    if event.min_version() > version {
+                        // An older control plane could not read it.
+                        tracing::debug!(message = "report dropped for this link's protocol version", kind = event.kind());
+                        continue;
+                    }
                     if let Err(error) = tx.send(&event).await {
                         break format!("link ended: {error}");
                     }
@@ -475,6 +483,35 @@ impl Worker {
                     false,
                 ))),
             },
+            Command::ResyncTables { task_id, tables } => {
+                let refused = |message: String| {
+                    answer(Err(runner::report(
+                        ErrorCode::InvalidRequest,
+                        message,
+                        false,
+                    )))
+                };
+                match self.tasks.get(&task_id) {
+                    None => answer(Err(runner::report(
+                        ErrorCode::UnknownTask,
+                        format!("task {task_id} is not running on this gateway"),
+                        false,
+                    ))),
+                    Some(RunningTask { resync: None, .. }) => refused(format!(
+                        "task {task_id}: only change data capture tasks resync tables alone"
+                    )),
+                    Some(RunningTask {
+                        resync: Some(requests),
+                        ..
+                    }) => match requests.try_send(cdc::ResyncRequest { id, tables }) {
+                        // The run answers once it has checked the tables.
+                        Ok(()) => None,
+                        Err(_) => refused(format!(
+                            "task {task_id}: a resync is already pending; try again once it started"
+                        )),
+                    },
+                }
+            }
             Command::ReloadTask(spec) => answer(Err(runner::report(
                 ErrorCode::InvalidRequest,
                 format!(
@@ -565,13 +602,23 @@ impl Worker {
         tracing::info!(message = "starting task", task = %task_id, run = %run_id);
         let totals = self.totals.clone();
         let (events, token) = (events.clone(), cancel.clone());
+        let (resync, resync_requests) = match spec.kind {
+            TaskKind::ChangeDataCapture => {
+                let (sender, receiver) = mpsc::channel(1);
+                (Some(sender), Some(receiver))
+            }
+            _ => (None, None),
+        };
         let handle = tokio::spawn(async move {
             let (rows, bytes) = match spec.kind {
                 TaskKind::FullLoad => {
                     let (_, rows, bytes) = runner::run_full_load(spec, events, token).await;
                     (rows, bytes)
                 }
-                _ => (cdc::run_cdc(spec, events, token).await.1, 0),
+                _ => (
+                    cdc::run_cdc(spec, events, token, resync_requests).await.1,
+                    0,
+                ),
             };
             totals
                 .rows
@@ -586,6 +633,7 @@ impl Worker {
                 run_id,
                 cancel,
                 handle,
+                resync,
             },
         );
         Ok(CommandOutcome::Accepted)

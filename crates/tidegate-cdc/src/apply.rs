@@ -16,7 +16,7 @@ use tidegate_replicate::{CopySummary, PostgresSink, PostgresSinkConfig, Sink, Ta
 use crate::changes::{ChangeBatch, OLD_COLUMN_PREFIX, OP_COLUMN, RelationSchema, UNCHANGED_COLUMN};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
+use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription, TableState};
 
 /// Staged batches of at least this many rows are analysed before they are merged.
 const ANALYZE_ROWS: usize = 1_000;
@@ -178,9 +178,15 @@ impl PostgresApplySink {
         ddl.push_str(&sink.checkpoint_table());
         ddl.push_str(
             " (task_id text PRIMARY KEY, lsn pg_lsn NOT NULL, last_commit_lsn pg_lsn, \
-             updated_at timestamptz NOT NULL DEFAULT now())",
+             updated_at timestamptz NOT NULL DEFAULT now()); CREATE TABLE IF NOT EXISTS ",
         );
-        let error = sink.error("creating the checkpoint table");
+        ddl.push_str(&sink.table_state_table());
+        ddl.push_str(
+            " (task_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL, \
+             failure text, resynced_at pg_lsn, updated_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (task_id, table_schema, table_name))",
+        );
+        let error = sink.error("creating the checkpoint tables");
         sqlx::raw_sql(AssertSqlSafe(ddl))
             .execute(sink.connection().await?)
             .await
@@ -190,6 +196,49 @@ impl PostgresApplySink {
 
     fn checkpoint_table(&self) -> String {
         qualified(&self.config.checkpoint_table)
+    }
+
+    /// Beside the checkpoint table: `<checkpoint table>_tables`, the tables' own states.
+    fn table_state_table(&self) -> String {
+        let checkpoint = &self.config.checkpoint_table;
+        qualified(&TableRef::new(
+            checkpoint.schema.clone(),
+            format!("{}_tables", checkpoint.name),
+        ))
+    }
+
+    /// Upserts `table`'s state row outside any commit group.
+    async fn set_table_state(
+        &mut self,
+        table: &TableRef,
+        failure: Option<&str>,
+        resynced_at: Option<Lsn>,
+    ) -> Result<()> {
+        if self.in_transaction {
+            return Err(Error::UnexpectedEvent {
+                reason: "a table state written while a commit group is open",
+            });
+        }
+        // A failure keeps the last resync point; a resync clears the failure.
+        let sql = format!(
+            "INSERT INTO {} AS s (task_id, table_schema, table_name, failure, resynced_at) \
+             VALUES ($1, $2, $3, $4, $5::pg_lsn) ON CONFLICT (task_id, table_schema, table_name) \
+             DO UPDATE SET failure = EXCLUDED.failure, \
+             resynced_at = coalesce(EXCLUDED.resynced_at, s.resynced_at), updated_at = now()",
+            self.table_state_table()
+        );
+        let task_id = self.config.task_id.clone();
+        let error = self.error("recording a table's state");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(task_id)
+            .bind(&table.schema)
+            .bind(&table.name)
+            .bind(failure)
+            .bind(resynced_at.map(|lsn| lsn.to_string()))
+            .execute(self.connection().await?)
+            .await
+            .map_err(error)?;
+        Ok(())
     }
 
     fn error(&self, what: &'static str) -> impl Fn(sqlx::Error) -> Error + use<> {
@@ -555,7 +604,15 @@ impl PostgresApplySink {
                 }
             })?;
         drop(batches);
-        self.merge(oid, batch).await
+        let table = self
+            .tables
+            .get(&oid)
+            .map(|table| table.schema.table.clone());
+        let merged = self.merge(oid, batch).await;
+        match table {
+            Some(table) => merged.map_err(|error| table_error(table, error)),
+            None => merged,
+        }
     }
 
     async fn merge(&mut self, oid: u32, batch: RecordBatch) -> Result<()> {
@@ -735,7 +792,11 @@ impl ChangeSink for PostgresApplySink {
     }
 
     fn relation<'a>(&'a mut self, table: &'a TableDescription) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.describe(table))
+        Box::pin(async move {
+            self.describe(table)
+                .await
+                .map_err(|error| table_error(table.schema.table.clone(), error))
+        })
     }
 
     fn write(&mut self, batch: ChangeBatch) -> BoxFuture<'_, Result<()>> {
@@ -744,6 +805,60 @@ impl ChangeSink for PostgresApplySink {
 
     fn commit<'a>(&'a mut self, group: &'a CommitGroup) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.commit_group(group))
+    }
+
+    fn isolates_tables(&self) -> bool {
+        true
+    }
+
+    fn table_states(&mut self) -> BoxFuture<'_, Result<Vec<TableState>>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT table_schema, table_name, failure, resynced_at::text FROM {} \
+                 WHERE task_id = $1 ORDER BY 1, 2",
+                self.table_state_table()
+            );
+            let task_id = self.config.task_id.clone();
+            let error = self.error("reading the tables' states");
+            let rows: Vec<(String, String, Option<String>, Option<String>)> =
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(task_id)
+                    .fetch_all(self.connection().await?)
+                    .await
+                    .map_err(error)?;
+            rows.into_iter()
+                .map(|(schema, name, failure, resynced_at)| {
+                    let resynced_at = resynced_at
+                        .map(|lsn| {
+                            lsn.parse::<Lsn>().map_err(|_| Error::InvalidConfig {
+                                reason: "the table state table holds a position that is not an LSN",
+                            })
+                        })
+                        .transpose()?;
+                    Ok(TableState::new(
+                        TableRef::new(schema, name),
+                        failure,
+                        resynced_at,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn table_failed<'a>(
+        &'a mut self,
+        table: &'a TableRef,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.set_table_state(table, Some(error), None))
+    }
+
+    fn table_resynced<'a>(
+        &'a mut self,
+        table: &'a TableRef,
+        consistent_point: Lsn,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.set_table_state(table, None, Some(consistent_point)))
     }
 
     fn abort(&mut self) -> BoxFuture<'_, Result<()>> {
@@ -758,6 +873,17 @@ impl ChangeSink for PostgresApplySink {
             self.pending_rows = 0;
             Ok(())
         })
+    }
+}
+
+/// `error`, as the failure of `table` alone (unless it already names a table).
+fn table_error(table: TableRef, error: Error) -> Error {
+    match error {
+        Error::Table { .. } => error,
+        other => Error::Table {
+            table,
+            source: Box::new(other),
+        },
     }
 }
 

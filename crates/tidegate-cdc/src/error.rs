@@ -284,6 +284,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// Applying one table's changes failed; the other tables were not at fault. A sink that
+    /// [isolates tables](crate::ChangeSink::isolates_tables) reports its table errors so,
+    /// and the task then sets the table apart (see [`run_cdc_task`](crate::run_cdc_task)).
+    #[error("table {table}: {source}")]
+    Table {
+        /// The source table.
+        table: tidegate_replicate::TableRef,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The stream delivered something a CDC task does not expect here.
     #[error("unexpected change stream: {reason}")]
     UnexpectedEvent {
@@ -299,6 +311,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } => true,
+            Error::Table { source, .. } => source.is_retryable(),
             Error::Target { source, .. } => match source {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
                 // As for the source, plus 40: serialization failures and deadlocks.

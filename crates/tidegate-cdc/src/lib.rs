@@ -234,7 +234,7 @@ pub use crate::replication::{
 pub use crate::stream::ChangeStream;
 // CDC tasks: the driver, the sink contract and the two sinks.
 pub use crate::apply::{ApplySinkConfig, PostgresApplySink};
-pub use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
+pub use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription, TableState};
 pub use crate::store::{
     CHANGE_MANIFEST_VERSION, COMMIT_LSN_COLUMN, ChangeManifest, ManifestFile, StoreChangesSink,
     StoreSinkConfig, TableVersion,

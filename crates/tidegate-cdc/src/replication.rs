@@ -143,16 +143,21 @@ impl ReplicationClient {
 
     /// Creates a logical slot for `pgoutput` and exports its snapshot (see
     /// [`ExportedSnapshot`]): an initial load read in that snapshot and the changes streamed
-    /// from the slot meet without a gap or an overlap.
+    /// from the slot meet without a gap or an overlap. A `temporary` slot is dropped when the
+    /// connection closes (it serves for its snapshot and consistent point alone).
     pub async fn create_slot_exporting_snapshot(
         mut self,
         name: &str,
+        temporary: bool,
     ) -> Result<(CreatedSlot, ExportedSnapshot)> {
         check_slot_name(name)?;
+        let temporary = if temporary { " TEMPORARY" } else { "" };
         let sql = if self.server_version() >= 150_000 {
-            format!("CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export')")
+            format!(
+                "CREATE_REPLICATION_SLOT {name}{temporary} LOGICAL pgoutput (SNAPSHOT 'export')"
+            )
         } else {
-            format!("CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput EXPORT_SNAPSHOT")
+            format!("CREATE_REPLICATION_SLOT {name}{temporary} LOGICAL pgoutput EXPORT_SNAPSHOT")
         };
         let rows = self.connection.simple_query(&sql).await?;
         let (slot, snapshot) = self.created_slot(&rows)?;

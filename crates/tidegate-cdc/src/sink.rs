@@ -4,10 +4,10 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tidegate_replicate::{CopySummary, Sink};
+use tidegate_replicate::{CopySummary, Sink, TableRef};
 
 use crate::changes::{ChangeBatch, RelationSchema};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
 /// The position a target holds: every source transaction whose commit record lies before
@@ -84,7 +84,10 @@ pub struct CommitGroup {
 ///   nothing.
 /// * **Cancellation and failure.** Any future may be dropped at an await: what was not
 ///   committed is lost, never half-applied, and the sink is not used again (a new one is
-///   made for the next run). After an error, only `abort` is called.
+///   made for the next run). After an error `abort` is called; then the sink is dropped —
+///   unless it [isolates tables](ChangeSink::isolates_tables) and the error was an
+///   [`Error::Table`]: then `table_failed` is called and the sink is used again from
+///   `checkpoint`.
 pub trait ChangeSink: Send + Debug {
     /// Whether every table needs a key ([`TableDescription::key`]); the task refuses tables
     /// without one before anything is created. Default `false`.
@@ -115,6 +118,73 @@ pub trait ChangeSink: Send + Debug {
     /// Makes everything accepted since the last commit durable, with `group.checkpoint`.
     fn commit<'a>(&'a mut self, group: &'a CommitGroup) -> BoxFuture<'a, Result<()>>;
 
-    /// Abandons what was accepted since the last commit (best effort).
+    /// Abandons what was accepted since the last commit (best effort). The sink may be used
+    /// again afterwards, starting over from [`checkpoint`](Self::checkpoint).
     fn abort(&mut self) -> BoxFuture<'_, Result<()>>;
+
+    /// Whether one table's failure can be set apart from the others: the sink reports it as
+    /// [`Error::Table`] and keeps [`TableState`]s beside its checkpoint. Default `false`: any
+    /// error fails the task.
+    fn isolates_tables(&self) -> bool {
+        false
+    }
+
+    /// The tables the target keeps a state for (failed or resynced ones), read from the
+    /// target itself.
+    fn table_states(&mut self) -> BoxFuture<'_, Result<Vec<TableState>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Makes durable that `table`'s changes are no longer applied, because of `error` (a
+    /// text without values), until it is resynced. Called after [`abort`](Self::abort).
+    fn table_failed<'a>(
+        &'a mut self,
+        table: &'a TableRef,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = (table, error);
+        Box::pin(async { Err(NOT_ISOLATED) })
+    }
+
+    /// `table` was loaded again through [`snapshot_sink`](Self::snapshot_sink) in a snapshot
+    /// whose consistent point is `consistent_point`: makes durable that its failure is over
+    /// and that its changes apply again from the transactions committing at or after that
+    /// point.
+    fn table_resynced<'a>(
+        &'a mut self,
+        table: &'a TableRef,
+        consistent_point: Lsn,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = (table, consistent_point);
+        Box::pin(async { Err(NOT_ISOLATED) })
+    }
+}
+
+const NOT_ISOLATED: Error = Error::InvalidConfig {
+    reason: "this sink does not set failed tables apart",
+};
+
+/// What a target keeps about one table besides the task's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TableState {
+    /// The source table.
+    pub table: TableRef,
+    /// Why its changes stopped being applied (names and codes, never values); `None` once it
+    /// was resynced.
+    pub failure: Option<String>,
+    /// The consistent point of its last resync: its changes apply from the transactions
+    /// committing at or after it.
+    pub resynced_at: Option<Lsn>,
+}
+
+impl TableState {
+    /// A state for `table`.
+    pub fn new(table: TableRef, failure: Option<String>, resynced_at: Option<Lsn>) -> Self {
+        Self {
+            table,
+            failure,
+            resynced_at,
+        }
+    }
 }

@@ -9,8 +9,8 @@ use sqlx::ConnectOptions;
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 use tidegate_replicate::{
-    CancellationToken, CopyPlan, CopySummary, PostgresSource, PostgresSourceConfig, TableRef,
-    copy_tables,
+    CancellationToken, CopyPlan, CopySummary, PostgresSource, PostgresSourceConfig, Source,
+    TableRef, copy_tables,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::pgoutput::ReplicaIdentity;
 use crate::replication::{CreatedSlot, ExportedSnapshot, ReplicationClient, StreamOptions};
-use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
+use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription, TableState};
 use crate::stream::ChangeStream;
 
 /// Longest task id: the slot and publication names (`tidegate_<id>`) stay within
@@ -63,6 +63,11 @@ pub struct CdcTaskConfig {
     /// How long to wait for the slot to be released by a previous run that died (its server
     /// connection lingers a moment). Default 30 s.
     pub slot_wait: Duration,
+    /// Tables to load again, alone, before streaming resumes (a failed table once its cause
+    /// is fixed, or one whose target was changed behind the task's back). Needs a sink that
+    /// [isolates tables](ChangeSink::isolates_tables). Ignored when the task has no
+    /// checkpoint yet: the initial load loads every table. Default none.
+    pub resync: Vec<TableRef>,
 }
 
 impl CdcTaskConfig {
@@ -80,7 +85,14 @@ impl CdcTaskConfig {
             load_batch_rows: 65_536,
             load_parallel_tables: 2,
             slot_wait: Duration::from_secs(30),
+            resync: Vec::new(),
         }
+    }
+
+    /// Sets [`resync`](Self::resync).
+    pub fn with_resync(mut self, tables: Vec<TableRef>) -> Self {
+        self.resync = tables;
+        self
     }
 
     /// Sets [`batch`](Self::batch).
@@ -122,6 +134,8 @@ impl CdcTaskConfig {
             "group_rows and group_transactions must be at least 1"
         } else if self.load_batch_rows == 0 || self.load_parallel_tables == 0 {
             "load_batch_rows and load_parallel_tables must be at least 1"
+        } else if self.resync.iter().any(|table| !self.tables.contains(table)) {
+            "a table to resync is not one of the task's tables"
         } else {
             return Ok(());
         };
@@ -205,7 +219,7 @@ pub struct CdcTaskSummary {
 
 /// Where a running CDC task stands, published while it runs
 /// ([`run_cdc_task_with_progress`]). Positions and counts only.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CdcProgress {
     /// What the task is doing.
@@ -217,12 +231,16 @@ pub struct CdcProgress {
     /// When the oldest transaction received but not yet durable at the target committed at
     /// the source, in microseconds since the Unix epoch; `None` when there is none.
     pub pending_since_micros: Option<i64>,
-    /// Transactions made durable at the target by this run.
+    /// Transactions made durable at the target, over every call that shared the channel (a
+    /// caller retrying keeps its counts).
     pub transactions: u64,
-    /// Change rows made durable at the target by this run.
+    /// Change rows made durable at the target, counted likewise.
     pub rows: u64,
-    /// Rows of the initial load, once it completed in this run.
+    /// Rows of the initial load, once it completed.
     pub load_rows: u64,
+    /// Tables whose changes are set apart after they failed, until they are resynced
+    /// ([`CdcTaskConfig::resync`]), with why.
+    pub failed_tables: Vec<TableState>,
 }
 
 impl CdcProgress {
@@ -253,6 +271,8 @@ pub enum CdcPhase {
     Starting,
     /// Copying the tables as of the slot's snapshot.
     InitialLoad,
+    /// Copying tables to resync ([`CdcTaskConfig::resync`]) as of a new snapshot.
+    Resyncing,
     /// Receiving changes and making them durable at the target.
     Streaming,
 }
@@ -268,6 +288,17 @@ pub enum CdcPhase {
 ///    transaction whose commit LSN lies before the checkpoint is skipped. Whole transactions
 ///    are gathered into commit groups; after [`ChangeSink::commit`] returns, the slot is
 ///    acknowledged up to the group's end.
+///
+/// **One failing table.** With a sink that [isolates tables](ChangeSink::isolates_tables),
+/// an error applying one table's changes ([`Error::Table`], not one that may pass) does not
+/// stop the others: the open group is abandoned, the table is recorded as failed at the
+/// target ([`ChangeSink::table_failed`]) and reported in [`CdcProgress::failed_tables`], and
+/// streaming starts again from the checkpoint without it. Its changes are skipped until it is
+/// resynced ([`CdcTaskConfig::resync`]): loaded again alone, in the snapshot of a temporary
+/// slot, after which its changes apply from that snapshot's consistent point on. Tables that
+/// did not fail are not loaded again. When the failing table is the last one not set apart,
+/// the task fails instead (nothing is recorded), and a new run resumes it from its
+/// checkpoint once the cause is fixed.
 ///
 /// Large transactions are not streamed before they commit (`streaming` off): the server
 /// spills them to disk and sends them at commit, so the sink sees transactions one at a time
@@ -294,8 +325,57 @@ pub async fn run_cdc_task_with_progress(
     progress: &watch::Sender<CdcProgress>,
 ) -> Result<CdcTaskSummary> {
     config.validate()?;
-    progress.send_replace(CdcProgress::default());
+    // Counts go on from an earlier call that shared `progress` (a caller retrying).
+    progress.send_modify(|now| {
+        now.phase = CdcPhase::Starting;
+        now.pending_since_micros = None;
+        now.failed_tables.clear();
+    });
     let mut summary = CdcTaskSummary::default();
+    // Tables are resynced on the first pass only: a table that fails later stays set apart
+    // until the caller asks again.
+    let mut resync = config.resync.clone();
+    loop {
+        let result = run_once(config, sink, &cancel, progress, &mut summary, &resync).await;
+        resync.clear();
+        match result {
+            Err(Error::Table { table, source })
+                if sink.isolates_tables() && !source.is_retryable() =>
+            {
+                let others_failed = sink
+                    .table_states()
+                    .await?
+                    .into_iter()
+                    .filter(|state| {
+                        state.failure.is_some()
+                            && state.table != table
+                            && config.tables.contains(&state.table)
+                    })
+                    .count();
+                if others_failed + 1 >= config.tables.len() {
+                    // No other table to keep going: the task fails as a whole, and resumes
+                    // from its checkpoint once the cause is fixed.
+                    return Err(Error::Table { table, source });
+                }
+                let error = source.to_string();
+                tracing::warn!(task = %config.task_id, %table, %error, "a table failed: its changes are set apart until it is resynced");
+                sink.table_failed(&table, &error).await?;
+                // Streaming starts again from the checkpoint without it.
+            }
+            other => return other.map(|()| summary),
+        }
+    }
+}
+
+/// One pass: the load or resyncs, then streaming until cancelled or an error.
+async fn run_once(
+    config: &CdcTaskConfig,
+    sink: &mut dyn ChangeSink,
+    cancel: &CancellationToken,
+    progress: &watch::Sender<CdcProgress>,
+    summary: &mut CdcTaskSummary,
+    resync: &[TableRef],
+) -> Result<()> {
     let mut catalog = connect_sql(&config.source).await?;
     if sink.needs_key() {
         for table in &config.tables {
@@ -309,26 +389,43 @@ pub async fn run_cdc_task_with_progress(
     ensure_publication(&mut catalog, config).await?;
 
     let prepared = tokio::select! {
-        prepared = prepare(config, sink, &mut catalog, &cancel, progress) => prepared?,
+        prepared = prepare(config, sink, &mut catalog, cancel, progress, resync) => prepared?,
         () = cancel.cancelled() => None,
     };
     let Some(prepared) = prepared else {
-        return Ok(summary);
+        return Ok(());
     };
     let Prepared {
         client,
         checkpoint,
         load,
     } = prepared;
-    let load_rows = load.as_ref().map_or(0, CopySummary::total_rows);
-    summary.initial_load = load;
-    summary.started_at = checkpoint.lsn;
+    let mut gates = HashMap::new();
+    let mut failed_tables = Vec::new();
+    for state in sink.table_states().await? {
+        if !config.tables.contains(&state.table) {
+            continue;
+        }
+        if state.failure.is_some() {
+            gates.insert(state.table.clone(), Gate::Failed);
+            failed_tables.push(state);
+        } else if let Some(from) = state.resynced_at.filter(|from| *from > checkpoint.lsn) {
+            gates.insert(state.table.clone(), Gate::From(from));
+        }
+    }
+    if let Some(load) = load {
+        progress.send_modify(|now| now.load_rows = load.total_rows());
+        summary.initial_load = Some(load);
+    }
+    if summary.checkpoint.is_none() {
+        summary.started_at = checkpoint.lsn;
+    }
     summary.checkpoint = Some(checkpoint);
     progress.send_modify(|now| {
         now.phase = CdcPhase::Streaming;
         now.checkpoint = checkpoint.lsn;
         now.server_lsn = now.server_lsn.max(checkpoint.lsn);
-        now.load_rows = load_rows;
+        now.failed_tables = failed_tables;
     });
 
     let mut options = StreamOptions::new(
@@ -349,19 +446,35 @@ pub async fn run_cdc_task_with_progress(
         group: Group::default(),
         last_idle: Instant::now(),
         progress,
+        gates,
+        isolates_tables: sink.isolates_tables(),
     };
-    let result = run.stream(&mut stream, sink, &cancel, &mut summary).await;
+    let result = run.stream(&mut stream, sink, cancel, summary).await;
     summary.checkpoint = Some(run.checkpoint);
     match result {
         Ok(()) => {
             let _ = stream.close().await;
-            Ok(summary)
+            Ok(())
         }
         Err(error) => {
             let _ = sink.abort().await;
+            if matches!(error, Error::Table { .. }) {
+                // Released at once, for the next pass.
+                let _ = stream.close().await;
+            }
             Err(error)
         }
     }
+}
+
+/// Whether a table's changes are applied.
+#[derive(Debug, Clone, Copy)]
+enum Gate {
+    /// Not at all: it failed and awaits a resync.
+    Failed,
+    /// From the transactions committing at or after this LSN (the consistent point of its
+    /// resync; those before are in the table already).
+    From(Lsn),
 }
 
 struct Prepared {
@@ -378,6 +491,7 @@ async fn prepare(
     catalog: &mut PgConnection,
     cancel: &CancellationToken,
     progress: &watch::Sender<CdcProgress>,
+    resync: &[TableRef],
 ) -> Result<Option<Prepared>> {
     let slot = config.slot_name();
     if let Some(checkpoint) = sink.checkpoint().await? {
@@ -405,6 +519,17 @@ async fn prepare(
             // A previous run that died may still hold it until the server notices.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if !resync.is_empty() {
+            if !sink.isolates_tables() {
+                return Err(Error::InvalidConfig {
+                    reason: "this target cannot load tables again alone",
+                });
+            }
+            progress.send_modify(|now| now.phase = CdcPhase::Resyncing);
+            if !resync_tables(config, sink, catalog, resync, cancel).await? {
+                return Ok(None);
+            }
+        }
         tracing::info!(task = %config.task_id, checkpoint = %checkpoint.lsn, "resuming from the target's checkpoint");
         let client = ReplicationClient::connect(&config.source).await?;
         return Ok(Some(Prepared {
@@ -416,35 +541,18 @@ async fn prepare(
 
     // No checkpoint: a slot left by an interrupted initial load is useless (its snapshot is
     // gone); start over.
-    let (created, snapshot, guard) = guarded_slot(config, catalog).await?;
+    let (created, snapshot, guard) =
+        guarded_slot(config, catalog, &config.slot_name(), &config.tables, false).await?;
     progress.send_modify(|now| now.phase = CdcPhase::InitialLoad);
     tracing::info!(task = %config.task_id, consistent_point = %created.consistent_point, "initial load started");
-    let source = PostgresSource::connect_with(
-        config.source.sqlx_options(),
-        PostgresSourceConfig::default().with_snapshot(snapshot.name()),
-    )
-    .await
-    .map_err(|source| Error::Replicate {
-        what: "the initial load",
-        source,
-    })?;
+    let source = snapshot_source(config, &snapshot, "the initial load").await?;
     let plan = CopyPlan::new(config.task_id.clone())
         .with_tables(config.tables.iter().map(ToString::to_string))
         .with_batch_rows(config.load_batch_rows)
         .with_parallel_tables(config.load_parallel_tables);
-    let (progress, mut events) = tokio::sync::mpsc::channel(64);
-    let copy = copy_tables(
-        Arc::new(source),
-        sink.snapshot_sink(),
-        plan,
-        progress,
-        cancel.child_token(),
-    );
-    let drain = async { while events.recv().await.is_some() {} };
-    let (load, ()) = tokio::join!(copy, drain);
-    let load = match load {
-        Ok(load) => load,
-        Err(tidegate_replicate::Error::Cancelled) => return Ok(None),
+    let load = match copy_in_snapshot(source, sink, plan, cancel).await {
+        Ok(Some(load)) => load,
+        Ok(None) => return Ok(None),
         Err(error) => {
             return Err(Error::Replicate {
                 what: "the initial load",
@@ -457,6 +565,15 @@ async fn prepare(
     let _ = sqlx::Connection::close(guard).await;
     sink.snapshot_loaded(created.consistent_point, &load)
         .await?;
+    // Every table was loaded: none is set apart any more.
+    if sink.isolates_tables() {
+        for state in sink.table_states().await? {
+            if state.failure.is_some() {
+                sink.table_resynced(&state.table, created.consistent_point)
+                    .await?;
+            }
+        }
+    }
     tracing::info!(
         task = %config.task_id,
         rows = load.total_rows(),
@@ -483,12 +600,14 @@ const SLOT_ATTEMPTS: usize = 30;
 async fn guarded_slot(
     config: &CdcTaskConfig,
     catalog: &mut PgConnection,
+    slot: &str,
+    tables: &[TableRef],
+    temporary: bool,
 ) -> Result<(CreatedSlot, ExportedSnapshot, PgConnection)> {
-    let slot = config.slot_name();
     for attempt in 1..=SLOT_ATTEMPTS {
-        if slot_info(catalog, &slot).await?.is_some() {
+        if slot_info(catalog, slot).await?.is_some() {
             let mut client = ReplicationClient::connect(&config.source).await?;
-            match client.drop_slot(&slot, true).await {
+            match client.drop_slot(slot, true).await {
                 Ok(()) | Err(Error::SlotNotFound { .. }) => {}
                 Err(error) => return Err(error),
             }
@@ -497,14 +616,16 @@ async fn guarded_slot(
         // Everything connected first: the window between the two looks is kept short.
         let mut guard = connect_sql(&config.source).await?;
         let client = ReplicationClient::connect(&config.source).await?;
-        let before = file_nodes(catalog, &config.tables).await?;
-        let (created, snapshot) = client.create_slot_exporting_snapshot(&slot).await?;
+        let before = file_nodes(catalog, tables).await?;
+        let (created, snapshot) = client
+            .create_slot_exporting_snapshot(slot, temporary)
+            .await?;
         let mut lock = format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; \
              LOCK TABLE ",
             snapshot.name()
         );
-        for (index, table) in config.tables.iter().enumerate() {
+        for (index, table) in tables.iter().enumerate() {
             if index > 0 {
                 lock.push_str(", ");
             }
@@ -519,7 +640,7 @@ async fn guarded_slot(
                 what: "locking the tables for the initial load",
                 source,
             })?;
-        if file_nodes(&mut guard, &config.tables).await? == before {
+        if file_nodes(&mut guard, tables).await? == before {
             return Ok((created, snapshot, guard));
         }
         tracing::info!(task = %config.task_id, attempt, "a table was rewritten while the slot was created: creating it again");
@@ -530,6 +651,86 @@ async fn guarded_slot(
     Err(Error::InvalidConfig {
         reason: "the tables were truncated or rewritten every time the slot was created",
     })
+}
+
+/// Loads `tables` again, one at a time, in the snapshot of a temporary slot, and records each
+/// as resynced at the slot's consistent point. `false` if cancelled.
+async fn resync_tables(
+    config: &CdcTaskConfig,
+    sink: &mut dyn ChangeSink,
+    catalog: &mut PgConnection,
+    tables: &[TableRef],
+    cancel: &CancellationToken,
+) -> Result<bool> {
+    // `tidegate_<id>_r`: within PostgreSQL's 63 bytes for the longest task id.
+    let slot = format!("{}_r", config.slot_name());
+    let (created, snapshot, guard) = guarded_slot(config, catalog, &slot, tables, true).await?;
+    tracing::info!(task = %config.task_id, tables = tables.len(), consistent_point = %created.consistent_point, "resyncing tables");
+    let source = snapshot_source(config, &snapshot, "resyncing tables").await?;
+    for table in tables {
+        let plan = CopyPlan::new(config.task_id.clone())
+            .with_tables([table.to_string()])
+            .with_batch_rows(config.load_batch_rows)
+            .with_parallel_tables(1);
+        match copy_in_snapshot(Arc::clone(&source), sink, plan, cancel).await {
+            Ok(Some(load)) => {
+                sink.table_resynced(table, created.consistent_point).await?;
+                tracing::info!(task = %config.task_id, %table, rows = load.total_rows(), "table resynced");
+            }
+            Ok(None) => return Ok(false),
+            Err(error) => {
+                return Err(Error::Table {
+                    table: table.clone(),
+                    source: Box::new(Error::Replicate {
+                        what: "resyncing the table",
+                        source: error,
+                    }),
+                });
+            }
+        }
+    }
+    // Closing the replication connection drops the temporary slot.
+    snapshot.release().close().await;
+    let _ = sqlx::Connection::close(guard).await;
+    Ok(true)
+}
+
+/// A source reading in the exported `snapshot`.
+async fn snapshot_source(
+    config: &CdcTaskConfig,
+    snapshot: &ExportedSnapshot,
+    what: &'static str,
+) -> Result<Arc<dyn Source>> {
+    let source = PostgresSource::connect_with(
+        config.source.sqlx_options(),
+        PostgresSourceConfig::default().with_snapshot(snapshot.name()),
+    )
+    .await
+    .map_err(|source| Error::Replicate { what, source })?;
+    Ok(Arc::new(source))
+}
+
+/// Copies `plan`'s tables from `source` into the sink's snapshot sink; `None` if cancelled.
+async fn copy_in_snapshot(
+    source: Arc<dyn Source>,
+    sink: &mut dyn ChangeSink,
+    plan: CopyPlan,
+    cancel: &CancellationToken,
+) -> std::result::Result<Option<CopySummary>, tidegate_replicate::Error> {
+    let (progress, mut events) = tokio::sync::mpsc::channel(64);
+    let copy = copy_tables(
+        source,
+        sink.snapshot_sink(),
+        plan,
+        progress,
+        cancel.child_token(),
+    );
+    let drain = async { while events.recv().await.is_some() {} };
+    match tokio::join!(copy, drain).0 {
+        Ok(load) => Ok(Some(load)),
+        Err(tidegate_replicate::Error::Cancelled) => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// The file nodes of every leaf table (partitions included) of `tables`.
@@ -675,6 +876,7 @@ struct Group {
 #[derive(Debug, Clone, Copy)]
 struct OpenTransaction {
     skip: bool,
+    commit_lsn: Lsn,
 }
 
 struct Run<'a> {
@@ -685,6 +887,10 @@ struct Run<'a> {
     group: Group,
     last_idle: Instant,
     progress: &'a watch::Sender<CdcProgress>,
+    /// Tables whose changes are not (all) applied.
+    gates: HashMap<TableRef, Gate>,
+    /// Whether the sink sets failed tables apart.
+    isolates_tables: bool,
 }
 
 impl Run<'_> {
@@ -738,14 +944,27 @@ impl Run<'_> {
                         summary.skipped_transactions += 1;
                         tracing::debug!(commit_lsn = %commit_lsn, checkpoint = %self.checkpoint.lsn, "transaction already at the target: skipped");
                     }
-                    self.transaction = Some(OpenTransaction { skip });
+                    self.transaction = Some(OpenTransaction { skip, commit_lsn });
                 }
                 ChangeEvent::Relation { schema, previous } => {
                     let previous = previous.or_else(|| described.get(&schema.oid).cloned());
+                    if matches!(self.gates.get(&schema.table), Some(Gate::Failed)) {
+                        // Described again when it is resynced.
+                        described.insert(schema.oid, Arc::clone(&schema));
+                        continue;
+                    }
                     let key = self.keys.key(&schema).await?;
                     if key.is_none() && sink.needs_key() {
-                        return Err(Error::NoApplyKey {
+                        let error = Error::NoApplyKey {
                             table: schema.table.to_string(),
+                        };
+                        return Err(if self.isolates_tables {
+                            Error::Table {
+                                table: schema.table.clone(),
+                                source: Box::new(error),
+                            }
+                        } else {
+                            error
                         });
                     }
                     described.insert(schema.oid, Arc::clone(&schema));
@@ -763,10 +982,20 @@ impl Run<'_> {
                         });
                     }
                     match self.transaction {
-                        Some(OpenTransaction { skip: true }) => {}
-                        Some(OpenTransaction { skip: false }) => {
-                            self.group.rows += batch.batch.num_rows() as u64;
-                            sink.write(batch).await?;
+                        Some(OpenTransaction { skip: true, .. }) => {}
+                        Some(OpenTransaction {
+                            skip: false,
+                            commit_lsn,
+                        }) => {
+                            let applied = match self.gates.get(&batch.relation.table) {
+                                None => true,
+                                Some(Gate::Failed) => false,
+                                Some(Gate::From(from)) => commit_lsn >= *from,
+                            };
+                            if applied {
+                                self.group.rows += batch.batch.num_rows() as u64;
+                                sink.write(batch).await?;
+                            }
                         }
                         None => {
                             return Err(Error::UnexpectedEvent {
@@ -884,8 +1113,8 @@ impl Run<'_> {
                 .max(stream.server_wal_end())
                 .max(group.checkpoint.lsn);
             now.pending_since_micros = None;
-            now.transactions = summary.transactions;
-            now.rows = summary.rows;
+            now.transactions += group.transactions;
+            now.rows += group.rows;
         });
         stream.send_status().await
     }

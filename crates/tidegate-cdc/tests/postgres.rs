@@ -164,7 +164,10 @@ async fn exported_snapshot_and_stream_meet_without_gap_or_overlap() {
     let system = client.identify_system().await.unwrap();
     assert!(system.timeline >= 1);
     assert_eq!(system.database.as_deref(), Some("src"));
-    let (slot, snapshot) = client.create_slot_exporting_snapshot("load").await.unwrap();
+    let (slot, snapshot) = client
+        .create_slot_exporting_snapshot("load", false)
+        .await
+        .unwrap();
     assert_eq!(slot.output_plugin, "pgoutput");
     assert_eq!(snapshot.consistent_point(), slot.consistent_point);
 

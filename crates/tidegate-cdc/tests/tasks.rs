@@ -507,6 +507,175 @@ async fn store_changes_replay_to_the_source_state_across_restarts() {
     assert_eq!(newest.lsn, summary.checkpoint.unwrap().lsn.to_string());
 }
 
+/// An apply task in this process that publishes its progress.
+struct Watched {
+    cancel: CancellationToken,
+    progress: tokio::sync::watch::Receiver<CdcProgress>,
+    handle: tokio::task::JoinHandle<Result<CdcTaskSummary, Error>>,
+}
+
+impl Watched {
+    fn apply(env: &Env, config: CdcTaskConfig) -> Self {
+        let cancel = CancellationToken::new();
+        let (sender, progress) = tokio::sync::watch::channel(CdcProgress::default());
+        let url = env.target_url();
+        let token = cancel.clone();
+        let handle = tokio::spawn(async move {
+            let mut sink =
+                PostgresApplySink::connect(&url, ApplySinkConfig::new(config.task_id.clone()))
+                    .await?;
+            run_cdc_task_with_progress(&config, &mut sink, token, &sender).await
+        });
+        Self {
+            cancel,
+            progress,
+            handle,
+        }
+    }
+
+    async fn until(&mut self, what: impl Fn(&CdcProgress) -> bool) -> CdcProgress {
+        tokio::time::timeout(CATCH_UP, self.progress.wait_for(what))
+            .await
+            .expect("in time")
+            .expect("the task runs")
+            .clone()
+    }
+
+    async fn stop(self) -> CdcTaskSummary {
+        self.cancel.cancel();
+        self.handle.await.unwrap().unwrap()
+    }
+}
+
+async fn table_oid(target: &mut PgConnection, table: &str) -> i64 {
+    sqlx::query_scalar("SELECT $1::regclass::oid::int8")
+        .bind(table)
+        .fetch_one(target)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_table_is_set_apart_and_resynced_alone() {
+    let env = Env::start(SCHEMA).await;
+    let mut source = env.source().await;
+    let mut target = env.target().await;
+    let mut task = Watched::apply(&env, env.task("isolate", &["items", "parted"]));
+    workload(&mut source, 21, 100).await;
+    wait_identical(&env, &[ITEMS, PARTED]).await;
+
+    // The target starts refusing one table's changes.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'parted is closed for maintenance'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON public.parted \
+         FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&mut target)
+    .await
+    .unwrap();
+    workload(&mut source, 22, 150).await;
+    let now = task.until(|p| !p.failed_tables.is_empty()).await;
+    assert_eq!(now.failed_tables.len(), 1, "{:?}", now.failed_tables);
+    let failed = &now.failed_tables[0];
+    assert_eq!(failed.table, TableRef::new("public", "parted"));
+    let failure = failed.failure.as_deref().unwrap();
+    assert!(
+        failure.contains("P0001") && failure.contains("parted is closed for maintenance"),
+        "{failure}"
+    );
+    // The other table goes on, and the task runs.
+    wait_identical(&env, &[ITEMS]).await;
+    assert!(!task.handle.is_finished());
+    let (recorded,): (Option<String>,) = sqlx::query_as(
+        "SELECT failure FROM tidegate.cdc_checkpoint_tables \
+         WHERE task_id = 'isolate' AND table_name = 'parted'",
+    )
+    .fetch_one(&mut target)
+    .await
+    .unwrap();
+    assert_eq!(recorded.as_deref(), Some(failure));
+    task.stop().await;
+
+    // A restart keeps it apart: nothing is lost, nothing is redone.
+    let mut task = Watched::apply(&env, env.task("isolate", &["items", "parted"]));
+    task.until(|p| p.phase == CdcPhase::Streaming && p.failed_tables.len() == 1)
+        .await;
+    workload(&mut source, 23, 50).await;
+    wait_identical(&env, &[ITEMS]).await;
+    task.stop().await;
+
+    // Fixed, then resynced alone while changes keep coming; the other table is not loaded
+    // again (the initial load makes a new table, so its oid would change).
+    sqlx::raw_sql("DROP TRIGGER refuse ON public.parted")
+        .execute(&mut target)
+        .await
+        .unwrap();
+    let items_oid = table_oid(&mut target, "public.items").await;
+    let parted_oid = table_oid(&mut target, "public.parted").await;
+    let config = env
+        .task("isolate", &["items", "parted"])
+        .with_resync(vec![TableRef::new("public", "parted")]);
+    let mut task = Watched::apply(&env, config);
+    workload(&mut source, 24, 100).await;
+    wait_identical(&env, &[ITEMS, PARTED]).await;
+    let now = task.until(|p| p.phase == CdcPhase::Streaming).await;
+    assert!(now.failed_tables.is_empty(), "{:?}", now.failed_tables);
+    task.stop().await;
+    assert_eq!(table_oid(&mut target, "public.items").await, items_oid);
+    assert_ne!(table_oid(&mut target, "public.parted").await, parted_oid);
+    let (failure, resynced): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT failure, resynced_at::text FROM tidegate.cdc_checkpoint_tables \
+         WHERE task_id = 'isolate' AND table_name = 'parted'",
+    )
+    .fetch_one(&mut target)
+    .await
+    .unwrap();
+    assert_eq!(failure, None);
+    assert!(resynced.is_some());
+
+    // And from then on both tables follow, across restarts.
+    let mut task = Watched::apply(&env, env.task("isolate", &["items", "parted"]));
+    task.until(|p| p.phase == CdcPhase::Streaming).await;
+    workload(&mut source, 25, 100).await;
+    wait_identical(&env, &[ITEMS, PARTED]).await;
+    task.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resync_is_refused_for_a_table_outside_the_task_and_by_store_changes() {
+    let env = Env::start(SCHEMA).await;
+    let outside = env
+        .task("refused", &["items"])
+        .with_resync(vec![TableRef::new("public", "parted")]);
+    let error = Watched::apply(&env, outside)
+        .handle
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("not one of the task's tables"),
+        "{error}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let running = spawn_store(dir.path(), env.task("lake", &["items"]));
+    wait_replayed(&env, dir.path(), "lake", &["items"]).await;
+    running.stop().await;
+    let config = env
+        .task("lake", &["items"])
+        .with_resync(vec![TableRef::new("public", "items")]);
+    let error = spawn_store(dir.path(), config)
+        .handle
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("cannot load tables again alone"),
+        "{error}"
+    );
+}
+
 /// A target that takes its time to commit, as a distant one does; counts the groups that
 /// held transactions.
 #[derive(Debug)]
@@ -670,11 +839,16 @@ async fn a_slot_dropped_behind_the_tasks_back_is_a_clear_error() {
     wait_identical(&env, &[ITEMS]).await;
     running.stop().await;
 
-    sqlx::query("SELECT pg_drop_replication_slot($1)")
+    // The server lets go of the slot a moment after the task's connection closed.
+    let started = Instant::now();
+    while let Err(error) = sqlx::query("SELECT pg_drop_replication_slot($1)")
         .bind(config.slot_name())
         .execute(&mut source)
         .await
-        .unwrap();
+    {
+        assert!(started.elapsed() < CATCH_UP, "{error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut sink = PostgresApplySink::connect(&env.target_url(), ApplySinkConfig::new("dropped"))
         .await
         .unwrap();
@@ -686,7 +860,8 @@ async fn a_slot_dropped_behind_the_tasks_back_is_a_clear_error() {
 }
 
 /// SIGKILLs the `cdc_apply` example at random moments, at least ten times, while a workload
-/// runs, then lets it finish: the target must equal the source.
+/// runs, then lets it finish: the target must equal the source. With `TIDEGATE_SOAK_SECONDS`
+/// set (`scripts/soak.sh`), the kills go on for that long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_process_at_random_moments_ends_identical() {
     let binary = example_binary("cdc_apply");
@@ -732,7 +907,16 @@ async fn killed_process_at_random_moments_ends_identical() {
             .spawn()
             .unwrap()
     };
-    for kill in 0..12 {
+    let soak = Duration::from_secs(
+        std::env::var("TIDEGATE_SOAK_SECONDS")
+            .ok()
+            .and_then(|seconds| seconds.parse().ok())
+            .unwrap_or(0),
+    );
+    let started = Instant::now();
+    let mut kill = 0;
+    while kill < 12 || started.elapsed() < soak {
+        kill += 1;
         let mut child = spawn();
         let wait = Duration::from_millis(150 + rng.next(1_800));
         tokio::time::sleep(wait).await;

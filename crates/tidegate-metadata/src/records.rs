@@ -593,6 +593,9 @@ pub struct RunReplication {
     /// Why the slot needs attention: it retains more WAL than the configured limit, or it
     /// is gone.
     pub warning: Option<String>,
+    /// Tables set apart after they failed: their changes are not applied until they are
+    /// resynced (`POST /api/v1/tasks/{id}/resync`).
+    pub failed_tables: Vec<tidegate_proto::FailedTable>,
 }
 
 /// A table's schema as a run saw it, to add.

@@ -38,10 +38,10 @@ pub use codec::{
 };
 pub use message::{
     ColumnDescription, Command, CommandId, CommandOutcome, CommandResult, ConnectionSpec,
-    ErrorCode, ErrorReport, Goodbye, Heartbeat, Hello, Message, MetricsReport, ProgressReport,
-    ProtocolVersion, Refusal, RefusalReason, ReplicationPhase, ReplicationReport, SlotReport,
-    TableDescription, TableProgress, TableSelection, TableState, TaskKind, TaskSpec, TaskState,
-    TaskStatus, Welcome,
+    ErrorCode, ErrorReport, FailedTable, FailedTablesReport, Goodbye, Heartbeat, Hello, Message,
+    MetricsReport, ProgressReport, ProtocolVersion, Refusal, RefusalReason, ReplicationPhase,
+    ReplicationReport, SlotReport, TableDescription, TableProgress, TableSelection, TableState,
+    TaskKind, TaskSpec, TaskState, TaskStatus, Welcome,
 };
 pub use secret::{SecretMap, SecretString};
 pub use settings::storage_prefix_problem;
@@ -51,7 +51,7 @@ pub use settings::storage_prefix_problem;
 /// A peer negotiates the highest version both sides support; a gateway whose range does not
 /// overlap the control plane's is refused with [`RefusalReason::UnsupportedVersion`].
 pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<ProtocolVersion> =
-    ProtocolVersion(1)..=ProtocolVersion(2);
+    ProtocolVersion(1)..=ProtocolVersion(3);
 
 /// Picks the highest protocol version in both `ours` and the peer's `[min, max]` range.
 pub fn negotiate(

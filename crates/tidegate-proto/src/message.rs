@@ -55,6 +55,9 @@ pub enum Message {
     Goodbye(Goodbye),
     /// G→C, protocol 2: where a change data capture run stands.
     Replication(ReplicationReport),
+    /// G→C, protocol 3: the tables a change data capture run sets apart after they failed;
+    /// sent when the set changes (empty once none is left).
+    FailedTables(FailedTablesReport),
 }
 
 impl Message {
@@ -80,6 +83,18 @@ impl Message {
             Message::Error(_) => "error",
             Message::Goodbye(_) => "goodbye",
             Message::Replication(_) => "replication",
+            Message::FailedTables(_) => "failed_tables",
+        }
+    }
+
+    /// The oldest protocol version that can carry the message: a sender drops a message its
+    /// link's version cannot carry rather than send a frame the peer cannot read.
+    pub fn min_version(&self) -> ProtocolVersion {
+        match self {
+            Message::Replication(_) => ProtocolVersion(2),
+            Message::FailedTables(_) => ProtocolVersion(3),
+            Message::Command { command, .. } => command.min_version(),
+            _ => ProtocolVersion(1),
         }
     }
 }
@@ -185,6 +200,34 @@ pub enum Command {
         /// Its source connection.
         source: ConnectionSpec,
     },
+    /// Protocol 3: load these tables of a running change data capture task again, alone, in
+    /// a new snapshot, and apply their changes again from it (a table set apart after it
+    /// failed, once the cause is fixed). The other tables are not loaded again. Answered with
+    /// [`CommandOutcome::Accepted`].
+    ResyncTables {
+        /// The task.
+        task_id: String,
+        /// The tables, as `schema.name`.
+        tables: Vec<String>,
+    },
+}
+
+impl Command {
+    /// The oldest protocol version that can carry the command.
+    pub fn min_version(&self) -> ProtocolVersion {
+        match self {
+            Command::StartTask(spec) | Command::ResumeTask(spec) | Command::ReloadTask(spec) => {
+                spec.kind.min_version()
+            }
+            Command::InspectReplication { .. }
+            | Command::ListRuns
+            | Command::DropReplication { .. } => ProtocolVersion(2),
+            Command::ResyncTables { .. } => ProtocolVersion(3),
+            Command::TestConnection(_) | Command::DiscoverSchema(_) | Command::StopTask { .. } => {
+                ProtocolVersion(1)
+            }
+        }
+    }
 }
 
 /// A connection as the gateway needs it to open it: a kind, plain settings and secrets.
@@ -299,6 +342,27 @@ pub struct SlotReport {
     pub retained_bytes: Option<u64>,
     /// `reserved`, `extended`, `unreserved` or `lost`, as the server says.
     pub wal_status: Option<String>,
+}
+
+/// Protocol 3: the tables a change data capture run sets apart after they failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedTablesReport {
+    /// The task.
+    pub task_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The tables, each with why (names and codes, never values).
+    pub tables: Vec<FailedTable>,
+}
+
+/// A table set apart after it failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailedTable {
+    /// The source table, as `schema.name`.
+    pub table: String,
+    /// Why it failed.
+    pub error: String,
 }
 
 /// Where a change data capture run stands: positions and counts, never values.

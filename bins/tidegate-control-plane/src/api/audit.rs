@@ -190,6 +190,12 @@ pub(crate) const AUDITED: &[(Method, &str, &str, &str)] = &[
         "run.resume",
         "run",
     ),
+    (
+        Method::POST,
+        "/api/v1/tasks/{id}/resync",
+        "run.resync",
+        "data_task",
+    ),
 ];
 
 /// The actor of a request nobody authenticated.

@@ -106,6 +106,7 @@ fn documented_routes() -> (Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
         .routes(routes!(tasks::output))
         .routes(routes!(tasks::start_run, tasks::runs))
         .routes(routes!(tasks::stop))
+        .routes(routes!(tasks::resync))
         .routes(routes!(tasks::run))
         .routes(routes!(tasks::resume_run))
         .routes(routes!(gateways::connect))

@@ -614,6 +614,79 @@ pub(crate) async fn stop(
     }
 }
 
+/// Tables of a running change data capture task to load again alone.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResyncTables {
+    /// The tables, as `schema.table`: a table set apart after it failed (see the run's
+    /// `replication.failed_tables`) once its cause is fixed, or one changed behind the task's
+    /// back.
+    tables: Vec<String>,
+}
+
+/// Loads tables of a running change data capture task again, alone, in a new snapshot, and
+/// applies their changes again from it; the other tables are not loaded again. The run
+/// restarts streaming from its checkpoint meanwhile.
+#[utoipa::path(
+    operation_id = "tasks_resync",
+    post,
+    path = "/api/v1/tasks/{id}/resync",
+    tag = "runs",
+    params(("id" = String, Path, description = "The task's id")),
+    request_body = ResyncTables,
+    responses((status = 202, description = "The run is resyncing the tables", body = serde_json::Value), (status = "4XX", description = "Refused", body = super::ErrorBody)),
+    security(("bearer" = [])),
+    extensions(("x-tidegate-action" = json!("task_resume")))
+)]
+pub(crate) async fn resync(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<ResyncTables>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let shared = &ctx.shared;
+    let caller = ctx.caller().await?;
+    let task = shared.task(&id).await?;
+    ctx.check(&caller, Action::TaskResume, Some(&task.space_id))
+        .await?;
+    ctx.note(|n| n.detail = json!({"tables": req.tables}));
+    if task.task_type != TaskType::ChangeDataCapture {
+        return Err(ApiError::bad_request(
+            "only change data capture tasks resync tables alone; start a full load or store \
+             changes task again instead",
+        ));
+    }
+    if req.tables.is_empty() {
+        return Err(ApiError::bad_request("name at least one table to resync"));
+    }
+    let command = Command::ResyncTables {
+        task_id: task.id.clone(),
+        tables: req.tables.clone(),
+    };
+    if let Some(version) = shared.sessions.version(&task.gateway_id)
+        && version < command.min_version()
+    {
+        return Err(ApiError::conflict(format!(
+            "gateway {} speaks protocol {}, which cannot resync tables (protocol {} or later); \
+             upgrade the gateway",
+            task.gateway_id,
+            version.0,
+            command.min_version().0
+        )));
+    }
+    let result = shared
+        .sessions
+        .command(&task.gateway_id, command, COMMAND_TIMEOUT)
+        .await
+        .map_err(ApiError::conflict)?;
+    match result.outcome {
+        Ok(_) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"task_id": id, "state": "resyncing", "tables": req.tables})),
+        )),
+        Err(report) => Err(ApiError::conflict(report.message)),
+    }
+}
+
 #[utoipa::path(
     operation_id = "tasks_run",
     get,
