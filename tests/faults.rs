@@ -114,18 +114,11 @@ async fn pump(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_data_capture_survives_link_faults_a_source_restart_and_a_refusing_target() {
     let harness = Harness::start().await;
-    let mut pg = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .unwrap()
-        .unwrap();
-    pg.create_database("src").unwrap();
-    pg.create_database("dst").unwrap();
-    pg.execute(
-        "src",
+    let mut pg = common::source_and_target(
         "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12, 2), note text);
          INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, 500) g;",
     )
-    .unwrap();
+    .await;
     let proxy = Proxy::start(harness.cp.local_addr()).await;
     let (gateway_id, mut config, identity) = harness.enrolled("gw").await;
     config.control_plane = format!("wss://localhost:{}", proxy.address.port());

@@ -145,13 +145,7 @@ async fn postgres_to_s3_with_sse_kms_through_a_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_to_postgres_through_a_gateway() {
     let harness = Harness::start().await;
-    let pg = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .unwrap()
-        .unwrap();
-    pg.create_database("src").unwrap();
-    pg.create_database("dst").unwrap();
-    pg.execute("src", SOURCE_SQL).unwrap();
+    let pg = common::source_and_target(SOURCE_SQL).await;
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
     common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
@@ -367,19 +361,12 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
         config.slot_retention_limit = 1;
     })
     .await;
-    let pg = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .unwrap()
-        .unwrap();
-    pg.create_database("src").unwrap();
-    pg.create_database("dst").unwrap();
-    pg.execute(
-        "src",
+    let pg = common::source_and_target(
         "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12, 2), note text);
          INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, 1000) g;
          CREATE TABLE other (id bigint PRIMARY KEY);",
     )
-    .unwrap();
+    .await;
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
     common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
@@ -524,20 +511,13 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_table_is_reported_and_resynced_through_the_control_plane() {
     let harness = Harness::start().await;
-    let pg = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .unwrap()
-        .unwrap();
-    pg.create_database("src").unwrap();
-    pg.create_database("dst").unwrap();
-    pg.execute(
-        "src",
+    let pg = common::source_and_target(
         "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12, 2), note text);
          INSERT INTO orders SELECT g, g * 1.25, 'note ' || g FROM generate_series(1, 500) g;
          CREATE TABLE items (id bigint PRIMARY KEY, name text);
          INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 300) g;",
     )
-    .unwrap();
+    .await;
     let items_digest = |database: &str| {
         pg.execute(
             database,

@@ -293,6 +293,18 @@ pub fn postgres_connection(
     })
 }
 
+/// A throwaway PostgreSQL with databases `src` (where `sql` runs) and `dst`.
+pub async fn source_and_target(sql: &str) -> tidegate_testkit::PgServer {
+    let pg = tokio::task::spawn_blocking(tidegate_testkit::PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("src").unwrap();
+    pg.create_database("dst").unwrap();
+    pg.execute("src", sql).unwrap();
+    pg
+}
+
 /// Count and checksums of table `orders` (`id`, `amount`, `note`), to compare a source with
 /// its target.
 pub fn orders_digest(pg: &tidegate_testkit::PgServer, database: &str) -> String {
