@@ -245,8 +245,9 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    /// The full-load core failed: the initial load, or encoding rows for a target.
-    #[error("{what} failed")]
+    /// The full-load core failed: the initial load, or encoding rows for a target. Its text
+    /// (names and counts, never values) is part of this one's.
+    #[error("{what} failed: {source}")]
     Replicate {
         /// What was being done.
         what: &'static str,

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use sqlx::ConnectOptions;
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 use tidegate_replicate::{
-    CancellationToken, CopyPlan, CopySummary, PostgresSource, PostgresSourceConfig, Source,
+    CancellationToken, CopyPlan, CopySummary, PostgresSource, PostgresSourceConfig, Sink, Source,
     TableRef, copy_tables,
 };
 use tokio::sync::watch;
@@ -298,7 +299,9 @@ pub enum CdcPhase {
 /// slot, after which its changes apply from that snapshot's consistent point on. Tables that
 /// did not fail are not loaded again. When the failing table is the last one not set apart,
 /// the task fails instead (nothing is recorded), and a new run resumes it from its
-/// checkpoint once the cause is fixed.
+/// checkpoint once the cause is fixed. The initial load does the same: each table is loaded
+/// on its own, and one that fails is set apart (recorded before the checkpoint) while the
+/// others stream, unless no table loaded.
 ///
 /// Large transactions are not streamed before they commit (`streaming` off): the server
 /// spills them to disk and sends them at commit, so the sink sees transactions one at a time
@@ -546,34 +549,30 @@ async fn prepare(
     progress.send_modify(|now| now.phase = CdcPhase::InitialLoad);
     tracing::info!(task = %config.task_id, consistent_point = %created.consistent_point, "initial load started");
     let source = snapshot_source(config, &snapshot, "the initial load").await?;
-    let plan = CopyPlan::new(config.task_id.clone())
-        .with_tables(config.tables.iter().map(ToString::to_string))
-        .with_batch_rows(config.load_batch_rows)
-        .with_parallel_tables(config.load_parallel_tables);
-    let load = match copy_in_snapshot(source, sink, plan, cancel).await {
-        Ok(Some(load)) => load,
-        Ok(None) => return Ok(None),
-        Err(error) => {
-            return Err(Error::Replicate {
-                what: "the initial load",
-                source: error,
-            });
-        }
+    let Some((load, failed)) = initial_load(config, sink, source, cancel).await? else {
+        return Ok(None);
     };
     // Every reader has joined the snapshot and finished.
     let client = snapshot.release();
     let _ = sqlx::Connection::close(guard).await;
-    sink.snapshot_loaded(created.consistent_point, &load)
-        .await?;
-    // Every table was loaded: none is set apart any more.
+    // Table states first, the checkpoint last: a restart never streams into a table the load
+    // did not fill.
     if sink.isolates_tables() {
         for state in sink.table_states().await? {
-            if state.failure.is_some() {
+            let failed_again = failed.iter().any(|(table, _)| *table == state.table);
+            if state.failure.is_some() && !failed_again {
                 sink.table_resynced(&state.table, created.consistent_point)
                     .await?;
             }
         }
+        for (table, error) in &failed {
+            let error = error.to_string();
+            tracing::warn!(task = %config.task_id, %table, %error, "a table failed its initial load: it is set apart until it is resynced");
+            sink.table_failed(table, &error).await?;
+        }
     }
+    sink.snapshot_loaded(created.consistent_point, &load)
+        .await?;
     tracing::info!(
         task = %config.task_id,
         rows = load.total_rows(),
@@ -672,7 +671,7 @@ async fn resync_tables(
             .with_tables([table.to_string()])
             .with_batch_rows(config.load_batch_rows)
             .with_parallel_tables(1);
-        match copy_in_snapshot(Arc::clone(&source), sink, plan, cancel).await {
+        match copy_in_snapshot(Arc::clone(&source), sink.snapshot_sink(), plan, cancel).await {
             Ok(Some(load)) => {
                 sink.table_resynced(table, created.consistent_point).await?;
                 tracing::info!(task = %config.task_id, %table, rows = load.total_rows(), "table resynced");
@@ -695,6 +694,70 @@ async fn resync_tables(
     Ok(true)
 }
 
+/// Loads the task's tables in the snapshot `source` reads in; `None` if cancelled.
+///
+/// With a sink that isolates tables (and more than one table), each table is loaded on its
+/// own: tables that fail come back with their error, set apart while the others go on, as
+/// long as one table loaded. Otherwise any failure fails the load.
+async fn initial_load(
+    config: &CdcTaskConfig,
+    sink: &mut dyn ChangeSink,
+    source: Arc<dyn Source>,
+    cancel: &CancellationToken,
+) -> Result<Option<(CopySummary, Vec<(TableRef, Error)>)>> {
+    let plan = |tables: &[TableRef], parallel: usize| {
+        CopyPlan::new(config.task_id.clone())
+            .with_tables(tables.iter().map(ToString::to_string))
+            .with_batch_rows(config.load_batch_rows)
+            .with_parallel_tables(parallel)
+    };
+    let failure = |source| Error::Replicate {
+        what: "the initial load",
+        source,
+    };
+    let snapshot_sink = sink.snapshot_sink();
+    if !sink.isolates_tables() || config.tables.len() < 2 {
+        let plan = plan(&config.tables, config.load_parallel_tables);
+        return match copy_in_snapshot(source, snapshot_sink, plan, cancel).await {
+            Ok(load) => Ok(load.map(|load| (load, Vec::new()))),
+            Err(error) => Err(failure(error)),
+        };
+    }
+    let started = Instant::now();
+    let copies: Vec<_> = futures::stream::iter(config.tables.iter().cloned())
+        .map(|table| {
+            let (source, snapshot_sink) = (Arc::clone(&source), Arc::clone(&snapshot_sink));
+            let plan = plan(std::slice::from_ref(&table), 1);
+            async move {
+                let copied = copy_in_snapshot(source, snapshot_sink, plan, cancel).await;
+                (table, copied)
+            }
+        })
+        .buffer_unordered(config.load_parallel_tables)
+        .collect()
+        .await;
+    let mut load: Option<CopySummary> = None;
+    let mut failed = Vec::new();
+    for (table, copied) in copies {
+        match copied {
+            Ok(None) => return Ok(None),
+            Ok(Some(one)) => match &mut load {
+                Some(load) => load.tables.extend(one.tables),
+                None => load = Some(one),
+            },
+            Err(error) => failed.push((table, failure(error))),
+        }
+    }
+    let Some(mut load) = load else {
+        // Not one table loaded: the task fails as a whole.
+        let (_, error) = failed.swap_remove(0);
+        return Err(error);
+    };
+    load.tables.sort_by(|a, b| a.table.cmp(&b.table));
+    load.elapsed = started.elapsed();
+    Ok(Some((load, failed)))
+}
+
 /// A source reading in the exported `snapshot`.
 async fn snapshot_source(
     config: &CdcTaskConfig,
@@ -710,21 +773,15 @@ async fn snapshot_source(
     Ok(Arc::new(source))
 }
 
-/// Copies `plan`'s tables from `source` into the sink's snapshot sink; `None` if cancelled.
+/// Copies `plan`'s tables from `source` into `sink`; `None` if cancelled.
 async fn copy_in_snapshot(
     source: Arc<dyn Source>,
-    sink: &mut dyn ChangeSink,
+    sink: Arc<dyn Sink>,
     plan: CopyPlan,
     cancel: &CancellationToken,
 ) -> std::result::Result<Option<CopySummary>, tidegate_replicate::Error> {
     let (progress, mut events) = tokio::sync::mpsc::channel(64);
-    let copy = copy_tables(
-        source,
-        sink.snapshot_sink(),
-        plan,
-        progress,
-        cancel.child_token(),
-    );
+    let copy = copy_tables(source, sink, plan, progress, cancel.child_token());
     let drain = async { while events.recv().await.is_some() {} };
     match tokio::join!(copy, drain).0 {
         Ok(load) => Ok(Some(load)),

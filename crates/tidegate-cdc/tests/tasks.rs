@@ -643,6 +643,50 @@ async fn a_failing_table_is_set_apart_and_resynced_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_failing_its_initial_load_is_set_apart_and_resynced_alone() {
+    let env = Env::start(SCHEMA).await;
+    let mut source = env.source().await;
+    let mut target = env.target().await;
+    // A view on the target's table keeps the load from replacing it.
+    sqlx::raw_sql(
+        "CREATE TABLE public.parted (id bigint); \
+         CREATE VIEW parted_ids AS SELECT id FROM public.parted;",
+    )
+    .execute(&mut target)
+    .await
+    .unwrap();
+    let mut task = Watched::apply(&env, env.task("loadfail", &["items", "parted"]));
+    let now = task.until(|p| p.phase == CdcPhase::Streaming).await;
+    assert_eq!(now.failed_tables.len(), 1, "{:?}", now.failed_tables);
+    assert_eq!(
+        now.failed_tables[0].table,
+        TableRef::new("public", "parted")
+    );
+    let failure = now.failed_tables[0].failure.as_deref().unwrap();
+    assert!(failure.contains("the initial load failed"), "{failure}");
+    // The other table was loaded and follows.
+    workload(&mut source, 31, 80).await;
+    wait_identical(&env, &[ITEMS]).await;
+    task.stop().await;
+
+    sqlx::raw_sql("DROP VIEW parted_ids")
+        .execute(&mut target)
+        .await
+        .unwrap();
+    let items_oid = table_oid(&mut target, "public.items").await;
+    let config = env
+        .task("loadfail", &["items", "parted"])
+        .with_resync(vec![TableRef::new("public", "parted")]);
+    let mut task = Watched::apply(&env, config);
+    workload(&mut source, 32, 80).await;
+    wait_identical(&env, &[ITEMS, PARTED]).await;
+    let now = task.until(|p| p.phase == CdcPhase::Streaming).await;
+    assert!(now.failed_tables.is_empty(), "{:?}", now.failed_tables);
+    task.stop().await;
+    assert_eq!(table_oid(&mut target, "public.items").await, items_oid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resync_is_refused_for_a_table_outside_the_task_and_by_store_changes() {
     let env = Env::start(SCHEMA).await;
     let outside = env
