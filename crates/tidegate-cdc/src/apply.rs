@@ -13,7 +13,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 use tidegate_replicate::postgres::{BinaryCopyEncoder, TypeCatalog, postgres_type};
 use tidegate_replicate::{CopySummary, PostgresSink, PostgresSinkConfig, Sink, TableRef};
 
-use crate::changes::{ChangeBatch, OLD_COLUMN_PREFIX, OP_COLUMN, RelationSchema, UNCHANGED_COLUMN};
+use crate::changes::{
+    ChangeBatch, OLD_COLUMN_PREFIX, OP_COLUMN, RelationSchema, UNCHANGED_COLUMN, XID_COLUMN,
+};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription, TableState};
@@ -101,6 +103,19 @@ pub struct PostgresApplySink {
     /// Batches accepted and not yet merged, per table in order of arrival.
     pending: Vec<(u32, Vec<RecordBatch>)>,
     pending_rows: usize,
+    /// Streamed transactions not committed yet, whose batches are kept at the target.
+    streamed: HashMap<u32, StreamedTransaction>,
+}
+
+/// A streamed transaction not committed yet: its batches wait in the stream table.
+#[derive(Debug, Default)]
+struct StreamedTransaction {
+    /// Batches kept so far (the next one's sequence number).
+    batches: i64,
+    /// The table versions of its batches.
+    relations: HashMap<(u32, u32), Arc<RelationSchema>>,
+    /// Its subtransactions rolled back.
+    aborted: HashSet<u32>,
 }
 
 impl fmt::Debug for PostgresApplySink {
@@ -119,6 +134,8 @@ impl fmt::Debug for PostgresApplySink {
 #[derive(Debug)]
 struct ApplyTable {
     schema: Arc<RelationSchema>,
+    /// The key's column names.
+    key: Vec<String>,
     target: TableRef,
     quoted: String,
     stage: String,
@@ -171,6 +188,7 @@ impl PostgresApplySink {
             tables: HashMap::new(),
             pending: Vec::new(),
             pending_rows: 0,
+            streamed: HashMap::new(),
         };
         let mut ddl = String::from("CREATE SCHEMA IF NOT EXISTS ");
         push_identifier(&mut ddl, &sink.config.checkpoint_table.schema);
@@ -184,7 +202,13 @@ impl PostgresApplySink {
         ddl.push_str(
             " (task_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL, \
              failure text, resynced_at pg_lsn, updated_at timestamptz NOT NULL DEFAULT now(), \
-             PRIMARY KEY (task_id, table_schema, table_name))",
+             PRIMARY KEY (task_id, table_schema, table_name)); CREATE TABLE IF NOT EXISTS ",
+        );
+        ddl.push_str(&sink.stream_table());
+        ddl.push_str(
+            " (task_id text NOT NULL, xid bigint NOT NULL, seq bigint NOT NULL, \
+             relation_oid bigint NOT NULL, version bigint NOT NULL, batch bytea NOT NULL, \
+             PRIMARY KEY (task_id, xid, seq))",
         );
         let error = sink.error("creating the checkpoint tables");
         sqlx::raw_sql(AssertSqlSafe(ddl))
@@ -205,6 +229,154 @@ impl PostgresApplySink {
             checkpoint.schema.clone(),
             format!("{}_tables", checkpoint.name),
         ))
+    }
+
+    /// Beside the checkpoint table: `<checkpoint table>_stream`, the batches of streamed
+    /// transactions not committed yet (Arrow IPC).
+    fn stream_table(&self) -> String {
+        let checkpoint = &self.config.checkpoint_table;
+        qualified(&TableRef::new(
+            checkpoint.schema.clone(),
+            format!("{}_stream", checkpoint.name),
+        ))
+    }
+
+    /// Keeps a batch of a streamed transaction in the stream table, inside the open group.
+    async fn keep_streamed(&mut self, batch: ChangeBatch) -> Result<()> {
+        let bytes = ipc_bytes(&batch)?;
+        let transaction = self.streamed.entry(batch.xid).or_default();
+        let seq = transaction.batches;
+        transaction.batches += 1;
+        let relation = &batch.relation;
+        transaction
+            .relations
+            .entry((relation.oid, relation.version))
+            .or_insert_with(|| Arc::clone(relation));
+        let sql = format!(
+            "INSERT INTO {} (task_id, xid, seq, relation_oid, version, batch) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            self.stream_table()
+        );
+        let task_id = self.config.task_id.clone();
+        let error = self.error("keeping a streamed transaction's changes");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(task_id)
+            .bind(i64::from(batch.xid))
+            .bind(seq)
+            .bind(i64::from(relation.oid))
+            .bind(i64::from(relation.version))
+            .bind(bytes)
+            .execute(self.transaction().await?)
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    /// Deletes the kept batches of streamed transaction `xid` (all of the task's with `None`).
+    async fn forget_streamed(&mut self, xid: Option<u32>) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE task_id = $1 AND ($2::int8 IS NULL OR xid = $2)",
+            self.stream_table()
+        );
+        let task_id = self.config.task_id.clone();
+        let error = self.error("forgetting a streamed transaction's changes");
+        let connection = if self.in_transaction || xid.is_some() {
+            self.transaction().await?
+        } else {
+            self.connection().await?
+        };
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(task_id)
+            .bind(xid.map(i64::from))
+            .execute(connection)
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    /// Streamed transaction `xid` committed: its kept batches join the open group.
+    async fn commit_streamed(
+        &mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        skip: &[TableRef],
+    ) -> Result<u64> {
+        let Some(transaction) = self.streamed.remove(&xid) else {
+            return Ok(0);
+        };
+        let sql = format!(
+            "SELECT seq, relation_oid, version, batch FROM {} \
+             WHERE task_id = $1 AND xid = $2 AND seq >= $3 ORDER BY seq LIMIT 8",
+            self.stream_table()
+        );
+        let mut rows = 0;
+        let mut next = 0i64;
+        loop {
+            let task_id = self.config.task_id.clone();
+            let error = self.error("reading a streamed transaction's changes");
+            let kept: Vec<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                .bind(task_id)
+                .bind(i64::from(xid))
+                .bind(next)
+                .fetch_all(self.transaction().await?)
+                .await
+                .map_err(error)?;
+            if kept.is_empty() {
+                break;
+            }
+            for (seq, oid, version, bytes) in kept {
+                next = seq + 1;
+                let key = (
+                    u32::try_from(oid).unwrap_or_default(),
+                    u32::try_from(version).unwrap_or_default(),
+                );
+                let Some(relation) = transaction.relations.get(&key) else {
+                    return Err(Error::UnexpectedEvent {
+                        reason: "a kept streamed batch of a table version never seen",
+                    });
+                };
+                if skip.contains(&relation.table) {
+                    continue;
+                }
+                let batch = without_aborted(read_ipc(&bytes, relation)?, &transaction.aborted)?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                self.ensure_version(relation).await?;
+                rows += batch.num_rows() as u64;
+                self.accept(ChangeBatch {
+                    relation: Arc::clone(relation),
+                    xid,
+                    commit_lsn: Some(commit_lsn),
+                    streamed: false,
+                    batch,
+                })
+                .await?;
+            }
+        }
+        self.forget_streamed(Some(xid)).await?;
+        Ok(rows)
+    }
+
+    /// Describes `relation` again if the sink follows another version of the table by now
+    /// (a later transaction changed it while this one was streamed).
+    async fn ensure_version(&mut self, relation: &Arc<RelationSchema>) -> Result<()> {
+        let Some(current) = self.tables.get(&relation.oid) else {
+            return Err(Error::UnexpectedEvent {
+                reason: "a streamed batch of a table not described to the sink",
+            });
+        };
+        if current.schema.version == relation.version {
+            return Ok(());
+        }
+        let description = TableDescription {
+            schema: Arc::clone(relation),
+            previous: Some(Arc::clone(&current.schema)),
+            key: Some(current.key.clone()),
+        };
+        self.describe(&description)
+            .await
+            .map_err(|error| table_error(relation.table.clone(), error))
     }
 
     /// Upserts `table`'s state row outside any commit group.
@@ -539,6 +711,7 @@ impl PostgresApplySink {
             schema.oid,
             ApplyTable {
                 schema: Arc::clone(schema),
+                key: key.clone(),
                 target,
                 quoted,
                 stage,
@@ -746,6 +919,9 @@ impl ChangeSink for PostgresApplySink {
 
     fn checkpoint(&mut self) -> BoxFuture<'_, Result<Option<Checkpoint>>> {
         Box::pin(async move {
+            // Streaming starts again from the checkpoint: the server sends every transaction
+            // not committed before it again, streamed ones from their first block.
+            self.forget_streamed(None).await?;
             let sql = format!(
                 "SELECT lsn::text, last_commit_lsn::text FROM {} WHERE task_id = $1",
                 self.checkpoint_table()
@@ -811,6 +987,37 @@ impl ChangeSink for PostgresApplySink {
         true
     }
 
+    fn takes_streamed(&self) -> bool {
+        true
+    }
+
+    fn stream_write(&mut self, batch: ChangeBatch) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.keep_streamed(batch))
+    }
+
+    fn stream_abort(&mut self, xid: u32, subxid: u32) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if xid == subxid {
+                self.streamed.remove(&xid);
+                self.forget_streamed(Some(xid)).await
+            } else {
+                if let Some(transaction) = self.streamed.get_mut(&xid) {
+                    transaction.aborted.insert(subxid);
+                }
+                Ok(())
+            }
+        })
+    }
+
+    fn stream_commit<'a>(
+        &'a mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        skip: &'a [TableRef],
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.commit_streamed(xid, commit_lsn, skip))
+    }
+
     fn table_states(&mut self) -> BoxFuture<'_, Result<Vec<TableState>>> {
         Box::pin(async move {
             let sql = format!(
@@ -871,9 +1078,68 @@ impl ChangeSink for PostgresApplySink {
             self.tables.clear();
             self.pending.clear();
             self.pending_rows = 0;
+            self.streamed.clear();
             Ok(())
         })
     }
+}
+
+/// A change batch as Arrow IPC stream bytes.
+fn ipc_bytes(batch: &ChangeBatch) -> Result<Vec<u8>> {
+    let ipc_error = |source| Error::Arrow {
+        table: batch.relation.table.to_string(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.batch.schema())
+        .map_err(ipc_error)?;
+    writer.write(&batch.batch).map_err(ipc_error)?;
+    writer.finish().map_err(ipc_error)?;
+    drop(writer);
+    Ok(bytes)
+}
+
+/// The batch kept as `bytes` (one batch of `relation`'s schema).
+fn read_ipc(bytes: &[u8], relation: &RelationSchema) -> Result<RecordBatch> {
+    let ipc_error = |source| Error::Arrow {
+        table: relation.table.to_string(),
+        source,
+    };
+    let mut reader = arrow::ipc::reader::StreamReader::try_new(bytes, None).map_err(ipc_error)?;
+    let batch = reader
+        .next()
+        .transpose()
+        .map_err(ipc_error)?
+        .ok_or(Error::UnexpectedEvent {
+            reason: "a kept streamed batch is empty",
+        })?;
+    if batch.schema() != relation.schema {
+        return Err(Error::UnexpectedEvent {
+            reason: "a kept streamed batch does not have its table version's schema",
+        });
+    }
+    Ok(batch)
+}
+
+/// `batch` without the rows of rolled-back subtransactions.
+fn without_aborted(batch: RecordBatch, aborted: &HashSet<u32>) -> Result<RecordBatch> {
+    if aborted.is_empty() {
+        return Ok(batch);
+    }
+    let xids = batch
+        .column_by_name(XID_COLUMN)
+        .and_then(|column| column.as_primitive_opt::<arrow::datatypes::UInt32Type>())
+        .ok_or(Error::UnexpectedEvent {
+            reason: "a streamed batch without transaction ids",
+        })?;
+    let keep: arrow::array::BooleanArray = xids
+        .iter()
+        .map(|xid| Some(!xid.is_some_and(|xid| aborted.contains(&xid))))
+        .collect();
+    arrow::compute::filter_record_batch(&batch, &keep).map_err(|source| Error::Arrow {
+        table: "a streamed transaction".into(),
+        source,
+    })
 }
 
 /// `error`, as the failure of `table` alone (unless it already names a table).

@@ -105,8 +105,10 @@
 //! crash at any point therefore loses nothing (the slot still holds what the target lacks)
 //! and repeats nothing (what the target holds is skipped). A crash during the initial load
 //! leaves no checkpoint: the slot is made again and the load redone. Large transactions are
-//! received at commit (`streaming` off): the sink sees whole transactions in commit order, and
-//! memory stays bounded by [`BatchConfig`].
+//! streamed by the server before they commit when the sink takes them (the apply sink keeps
+//! their blocks in a table at the target until the commit), else received at commit: either
+//! way the sink applies whole transactions in commit order, and memory stays bounded by
+//! [`BatchConfig`].
 //!
 //! **Initial load.** The tables are locked in `ACCESS SHARE` mode, in the slot's snapshot,
 //! for the duration of the load: `TRUNCATE` and table rewrites are not MVCC-safe and would

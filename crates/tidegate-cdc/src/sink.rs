@@ -122,6 +122,44 @@ pub trait ChangeSink: Send + Debug {
     /// again afterwards, starting over from [`checkpoint`](Self::checkpoint).
     fn abort(&mut self) -> BoxFuture<'_, Result<()>>;
 
+    /// Whether the sink takes transactions the server streams before they commit
+    /// ([`stream_write`](Self::stream_write) …); the task then asks for streaming. Default
+    /// `false`: the server spills large transactions to its disk and sends them at commit.
+    fn takes_streamed(&self) -> bool {
+        false
+    }
+
+    /// Keeps rows of the streamed, not yet committed, transaction `batch.xid` (its
+    /// subtransactions' rows tagged in [`XID_COLUMN`](crate::XID_COLUMN)) until
+    /// [`stream_commit`](Self::stream_commit) or [`stream_abort`](Self::stream_abort), without
+    /// holding them in memory. What is kept need not survive a restart: the server streams an
+    /// unacknowledged transaction again from its start.
+    fn stream_write(&mut self, batch: ChangeBatch) -> BoxFuture<'_, Result<()>> {
+        let _ = batch;
+        Box::pin(async { Err(NOT_STREAMED) })
+    }
+
+    /// Streamed transaction `xid` was rolled back (`subxid == xid`), or its subtransaction
+    /// `subxid`: forgets the rows kept for it.
+    fn stream_abort(&mut self, xid: u32, subxid: u32) -> BoxFuture<'_, Result<()>> {
+        let _ = (xid, subxid);
+        Box::pin(async { Err(NOT_STREAMED) })
+    }
+
+    /// Streamed transaction `xid` committed at `commit_lsn`: the rows kept for it, but those
+    /// of rolled-back subtransactions and of tables in `skip`, join the open commit group in
+    /// order, as [`write`](Self::write) would have delivered them. Returns how many rows
+    /// joined.
+    fn stream_commit<'a>(
+        &'a mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        skip: &'a [TableRef],
+    ) -> BoxFuture<'a, Result<u64>> {
+        let _ = (xid, commit_lsn, skip);
+        Box::pin(async { Err(NOT_STREAMED) })
+    }
+
     /// Whether one table's failure can be set apart from the others: the sink reports it as
     /// [`Error::Table`] and keeps [`TableState`]s beside its checkpoint. Default `false`: any
     /// error fails the task.
@@ -162,6 +200,10 @@ pub trait ChangeSink: Send + Debug {
 
 const NOT_ISOLATED: Error = Error::InvalidConfig {
     reason: "this sink does not set failed tables apart",
+};
+
+const NOT_STREAMED: Error = Error::InvalidConfig {
+    reason: "this sink does not take streamed transactions",
 };
 
 /// What a target keeps about one table besides the task's checkpoint.

@@ -64,6 +64,10 @@ pub struct CdcTaskConfig {
     /// How long to wait for the slot to be released by a previous run that died (its server
     /// connection lingers a moment). Default 30 s.
     pub slot_wait: Duration,
+    /// Ask the server to stream large transactions before they commit (PostgreSQL 14+), when
+    /// the sink [takes them](ChangeSink::takes_streamed); otherwise the server spills them to
+    /// its disk and sends them at commit. Default `true`.
+    pub streaming: bool,
     /// Tables to load again, alone, before streaming resumes (a failed table once its cause
     /// is fixed, or one whose target was changed behind the task's back). Needs a sink that
     /// [isolates tables](ChangeSink::isolates_tables). Ignored when the task has no
@@ -87,6 +91,7 @@ impl CdcTaskConfig {
             load_parallel_tables: 2,
             slot_wait: Duration::from_secs(30),
             resync: Vec::new(),
+            streaming: true,
         }
     }
 
@@ -216,6 +221,8 @@ pub struct CdcTaskSummary {
     pub rows: u64,
     /// Commit groups made durable (idle advances included).
     pub groups: u64,
+    /// Transactions among `transactions` the server streamed before they committed.
+    pub streamed_transactions: u64,
 }
 
 /// Where a running CDC task stands, published while it runs
@@ -303,9 +310,14 @@ pub enum CdcPhase {
 /// on its own, and one that fails is set apart (recorded before the checkpoint) while the
 /// others stream, unless no table loaded.
 ///
-/// Large transactions are not streamed before they commit (`streaming` off): the server
-/// spills them to disk and sends them at commit, so the sink sees transactions one at a time
-/// in commit order. Memory stays bounded by [`CdcTaskConfig::batch`].
+/// **Large transactions.** With a sink that [takes streamed
+/// transactions](ChangeSink::takes_streamed) (and [`CdcTaskConfig::streaming`]), the server
+/// streams a transaction in blocks once it outgrows its `logical_decoding_work_mem`, before it
+/// commits; the sink keeps the blocks ([`ChangeSink::stream_write`], rows of rolled-back
+/// subtransactions dropped), and at the commit they join the commit group in commit order.
+/// Otherwise the server spills large transactions to its disk and sends them at commit. Either
+/// way the sink sees transactions in commit order, and memory stays bounded by
+/// [`CdcTaskConfig::batch`].
 ///
 /// **Cancellation.** When `cancel` fires, the open group is abandoned (nothing of it is
 /// acknowledged) and the summary returned. Dropping the future instead is just as safe: the
@@ -436,7 +448,7 @@ async fn run_once(
         vec![config.publication_name()],
         checkpoint.lsn,
     );
-    options.streaming = false;
+    options.streaming = config.streaming && sink.takes_streamed();
     let mut stream =
         ChangeStream::start_on(client, &config.source, options, config.batch.clone()).await?;
     let mut run = Run {
@@ -451,6 +463,7 @@ async fn run_once(
         progress,
         gates,
         isolates_tables: sink.isolates_tables(),
+        block: None,
     };
     let result = run.stream(&mut stream, sink, cancel, summary).await;
     summary.checkpoint = Some(run.checkpoint);
@@ -948,6 +961,8 @@ struct Run<'a> {
     gates: HashMap<TableRef, Gate>,
     /// Whether the sink sets failed tables apart.
     isolates_tables: bool,
+    /// The streamed transaction whose block is being received.
+    block: Option<u32>,
 }
 
 impl Run<'_> {
@@ -960,8 +975,8 @@ impl Run<'_> {
     ) -> Result<()> {
         let mut described: HashMap<u32, Arc<RelationSchema>> = HashMap::new();
         loop {
-            let flush_at = match (self.transaction, self.group.since) {
-                (None, Some(since)) => Some(since + self.config.group_delay),
+            let flush_at = match (self.transaction, self.block, self.group.since) {
+                (None, None, Some(since)) => Some(since + self.config.group_delay),
                 _ => None,
             };
             let event = tokio::select! {
@@ -1032,34 +1047,63 @@ impl Run<'_> {
                     };
                     sink.relation(&description).await?;
                 }
-                ChangeEvent::Changes(batch) => {
-                    if batch.streamed {
+                ChangeEvent::Changes(batch) if batch.streamed => {
+                    if self.block != Some(batch.xid) {
                         return Err(Error::UnexpectedEvent {
-                            reason: "a streamed transaction although streaming is off",
+                            reason: "streamed changes outside their stream block",
                         });
                     }
-                    match self.transaction {
-                        Some(OpenTransaction { skip: true, .. }) => {}
-                        Some(OpenTransaction {
-                            skip: false,
-                            commit_lsn,
-                        }) => {
-                            let applied = match self.gates.get(&batch.relation.table) {
-                                None => true,
-                                Some(Gate::Failed) => false,
-                                Some(Gate::From(from)) => commit_lsn >= *from,
-                            };
-                            if applied {
-                                self.group.rows += batch.batch.num_rows() as u64;
-                                sink.write(batch).await?;
-                            }
-                        }
-                        None => {
-                            return Err(Error::UnexpectedEvent {
-                                reason: "changes outside a transaction",
-                            });
+                    // Failed tables are left out at commit, with the resync gates.
+                    sink.stream_write(batch).await?;
+                }
+                ChangeEvent::Changes(batch) => match self.transaction {
+                    Some(OpenTransaction { skip: true, .. }) => {}
+                    Some(OpenTransaction {
+                        skip: false,
+                        commit_lsn,
+                    }) => {
+                        let applied = match self.gates.get(&batch.relation.table) {
+                            None => true,
+                            Some(Gate::Failed) => false,
+                            Some(Gate::From(from)) => commit_lsn >= *from,
+                        };
+                        if applied {
+                            self.group.rows += batch.batch.num_rows() as u64;
+                            sink.write(batch).await?;
                         }
                     }
+                    None => {
+                        return Err(Error::UnexpectedEvent {
+                            reason: "changes outside a transaction",
+                        });
+                    }
+                },
+                ChangeEvent::Commit {
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    streamed: true,
+                    ..
+                } => {
+                    if commit_lsn < self.checkpoint.lsn {
+                        // Already at the target.
+                        summary.skipped_transactions += 1;
+                        sink.stream_abort(xid, xid).await?;
+                        continue;
+                    }
+                    let skip: Vec<TableRef> = self
+                        .gates
+                        .iter()
+                        .filter(|(_, gate)| match gate {
+                            Gate::Failed => true,
+                            Gate::From(from) => commit_lsn < *from,
+                        })
+                        .map(|(table, _)| table.clone())
+                        .collect();
+                    self.group.rows += sink.stream_commit(xid, commit_lsn, &skip).await?;
+                    summary.streamed_transactions += 1;
+                    self.committed(end_lsn, commit_lsn, stream, sink, summary)
+                        .await?;
                 }
                 ChangeEvent::Commit {
                     commit_lsn,
@@ -1072,21 +1116,15 @@ impl Run<'_> {
                         });
                     };
                     if !transaction.skip {
-                        self.group.transactions += 1;
-                        self.group.last = Some((end_lsn, commit_lsn));
-                        self.group.since.get_or_insert_with(Instant::now);
-                        if self.group.rows >= self.config.group_rows
-                            || self.group.transactions >= self.config.group_transactions
-                        {
-                            self.flush(stream, sink, summary).await?;
-                        }
+                        self.committed(end_lsn, commit_lsn, stream, sink, summary)
+                            .await?;
                     }
                 }
                 ChangeEvent::Keepalive { wal_end } => {
                     self.progress.send_modify(|now| {
                         now.server_lsn = now.server_lsn.max(stream.server_wal_end().max(wal_end));
                     });
-                    if self.transaction.is_some() {
+                    if self.transaction.is_some() || self.block.is_some() {
                         continue;
                     }
                     if self.group.transactions > 0 {
@@ -1113,16 +1151,41 @@ impl Run<'_> {
                         self.last_idle = Instant::now();
                     }
                 }
-                ChangeEvent::StreamStart { .. }
-                | ChangeEvent::StreamStop { .. }
-                | ChangeEvent::StreamAbort { .. } => {
-                    return Err(Error::UnexpectedEvent {
-                        reason: "a streamed transaction although streaming is off",
-                    });
+                ChangeEvent::StreamStart { xid, .. } => {
+                    if self.block.is_some() || self.transaction.is_some() {
+                        return Err(Error::UnexpectedEvent {
+                            reason: "a stream block inside a transaction or another block",
+                        });
+                    }
+                    self.block = Some(xid);
+                }
+                ChangeEvent::StreamStop { .. } => self.block = None,
+                ChangeEvent::StreamAbort { xid, subxid } => {
+                    sink.stream_abort(xid, subxid).await?;
                 }
                 _ => {}
             }
         }
+    }
+
+    /// A transaction joined the open group: flushes it when full.
+    async fn committed(
+        &mut self,
+        end_lsn: Lsn,
+        commit_lsn: Lsn,
+        stream: &mut ChangeStream,
+        sink: &mut dyn ChangeSink,
+        summary: &mut CdcTaskSummary,
+    ) -> Result<()> {
+        self.group.transactions += 1;
+        self.group.last = Some((end_lsn, commit_lsn));
+        self.group.since.get_or_insert_with(Instant::now);
+        if self.group.rows >= self.config.group_rows
+            || self.group.transactions >= self.config.group_transactions
+        {
+            self.flush(stream, sink, summary).await?;
+        }
+        Ok(())
     }
 
     /// Makes the open group durable and acknowledges it.

@@ -687,6 +687,108 @@ async fn a_table_failing_its_initial_load_is_set_apart_and_resynced_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_transactions_are_streamed_before_they_commit_and_applied_once() {
+    let env = Env::start(SCHEMA).await;
+    // Small enough that the large transactions below are streamed in blocks.
+    env.server
+        .execute("src", "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'")
+        .unwrap();
+    env.server
+        .execute("src", "SELECT pg_reload_conf()")
+        .unwrap();
+    let mut task = Watched::apply(&env, env.task("streamed", &["items", "parted"]));
+    task.until(|p| p.phase == CdcPhase::Streaming).await;
+    let mut large = env.source().await;
+    let mut small = env.source().await;
+    let mut step = async |sql: &str, seed: u64| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut large)
+            .await
+            .unwrap();
+        // Other transactions commit while the large one is open.
+        workload(&mut small, seed, 10).await;
+    };
+    step(
+        "BEGIN; INSERT INTO items SELECT g, 'large ' || g, g % 10, NULL \
+         FROM generate_series(500001, 503000) g",
+        41,
+    )
+    .await;
+    step(
+        "SAVEPOINT s1; UPDATE items SET qty = qty + 100 WHERE id BETWEEN 500001 AND 501000; \
+         INSERT INTO items SELECT g, 'rolled back ' || g, 1, NULL \
+         FROM generate_series(510001, 512000) g",
+        42,
+    )
+    .await;
+    step("ROLLBACK TO SAVEPOINT s1", 43).await;
+    step(
+        "UPDATE items SET name = name || ' kept' WHERE id BETWEEN 502001 AND 502500; \
+         DELETE FROM items WHERE id BETWEEN 500001 AND 500100; \
+         INSERT INTO parted SELECT g, 1 + g % 2, 'large' FROM generate_series(700001, 702000) g",
+        44,
+    )
+    .await;
+    step("COMMIT", 45).await;
+    // A large transaction rolled back altogether leaves nothing.
+    step(
+        "BEGIN; INSERT INTO items SELECT g, 'never', 0, NULL \
+         FROM generate_series(600001, 604000) g",
+        46,
+    )
+    .await;
+    step("ROLLBACK", 47).await;
+    wait_identical(&env, &[ITEMS, PARTED]).await;
+    let summary = task.stop().await;
+    assert!(summary.streamed_transactions >= 1, "{summary:?}");
+
+    // Nothing is left kept, and a restart changes nothing.
+    let mut target = env.target().await;
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM tidegate.cdc_checkpoint_stream")
+        .fetch_one(&mut target)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    let mut task = Watched::apply(&env, env.task("streamed", &["items", "parted"]));
+    task.until(|p| p.phase == CdcPhase::Streaming).await;
+    workload(&mut small, 48, 20).await;
+    wait_identical(&env, &[ITEMS, PARTED]).await;
+
+    // Stopped while a large transaction is open: its blocks kept so far are dropped at the
+    // next start, and the server sends it again from its start.
+    sqlx::raw_sql(
+        "BEGIN; INSERT INTO items SELECT g, 'across a restart', 2, NULL \
+         FROM generate_series(800001, 804000) g",
+    )
+    .execute(&mut large)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM tidegate.cdc_checkpoint_stream")
+            .fetch_one(&mut target)
+            .await
+            .unwrap();
+        if kept > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < CATCH_UP,
+            "no block of the open transaction was kept"
+        );
+        workload(&mut small, 49, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.stop().await;
+    sqlx::raw_sql("COMMIT").execute(&mut large).await.unwrap();
+    let mut task = Watched::apply(&env, env.task("streamed", &["items", "parted"]));
+    wait_identical(&env, &[ITEMS, PARTED]).await;
+    task.until(|p| p.phase == CdcPhase::Streaming).await;
+    let summary = task.stop().await;
+    assert!(summary.streamed_transactions >= 1, "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resync_is_refused_for_a_table_outside_the_task_and_by_store_changes() {
     let env = Env::start(SCHEMA).await;
     let outside = env
