@@ -13,10 +13,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 use tidegate_replicate::postgres::{BinaryCopyEncoder, TypeCatalog, postgres_type};
 use tidegate_replicate::{CopySummary, PostgresSink, PostgresSinkConfig, Sink, TableRef};
 
-use crate::changes::{
-    ChangeBatch, OLD_COLUMN_PREFIX, OP_COLUMN, RelationSchema, UNCHANGED_COLUMN, XID_COLUMN,
-};
+use crate::changes::{ChangeBatch, OLD_COLUMN_PREFIX, OP_COLUMN, RelationSchema, UNCHANGED_COLUMN};
 use crate::error::{Error, Result};
+use crate::kept::{StreamedTransaction, ipc_bytes};
 use crate::lsn::Lsn;
 use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription, TableState};
 
@@ -105,17 +104,6 @@ pub struct PostgresApplySink {
     pending_rows: usize,
     /// Streamed transactions not committed yet, whose batches are kept at the target.
     streamed: HashMap<u32, StreamedTransaction>,
-}
-
-/// A streamed transaction not committed yet: its batches wait in the stream table.
-#[derive(Debug, Default)]
-struct StreamedTransaction {
-    /// Batches kept so far (the next one's sequence number).
-    batches: i64,
-    /// The table versions of its batches.
-    relations: HashMap<(u32, u32), Arc<RelationSchema>>,
-    /// Its subtransactions rolled back.
-    aborted: HashSet<u32>,
 }
 
 impl fmt::Debug for PostgresApplySink {
@@ -244,14 +232,8 @@ impl PostgresApplySink {
     /// Keeps a batch of a streamed transaction in the stream table, inside the open group.
     async fn keep_streamed(&mut self, batch: ChangeBatch) -> Result<()> {
         let bytes = ipc_bytes(&batch)?;
-        let transaction = self.streamed.entry(batch.xid).or_default();
-        let seq = transaction.batches;
-        transaction.batches += 1;
         let relation = &batch.relation;
-        transaction
-            .relations
-            .entry((relation.oid, relation.version))
-            .or_insert_with(|| Arc::clone(relation));
+        let seq = self.streamed.entry(batch.xid).or_default().keep(relation);
         let sql = format!(
             "INSERT INTO {} (task_id, xid, seq, relation_oid, version, batch) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -262,7 +244,7 @@ impl PostgresApplySink {
         sqlx::query(AssertSqlSafe(sql))
             .bind(task_id)
             .bind(i64::from(batch.xid))
-            .bind(seq)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
             .bind(i64::from(relation.oid))
             .bind(i64::from(relation.version))
             .bind(bytes)
@@ -330,22 +312,13 @@ impl PostgresApplySink {
                     u32::try_from(oid).unwrap_or_default(),
                     u32::try_from(version).unwrap_or_default(),
                 );
-                let Some(relation) = transaction.relations.get(&key) else {
-                    return Err(Error::UnexpectedEvent {
-                        reason: "a kept streamed batch of a table version never seen",
-                    });
+                let Some((relation, batch)) = transaction.read(key, &bytes, skip)? else {
+                    continue;
                 };
-                if skip.contains(&relation.table) {
-                    continue;
-                }
-                let batch = without_aborted(read_ipc(&bytes, relation)?, &transaction.aborted)?;
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                self.ensure_version(relation).await?;
+                self.ensure_version(&relation).await?;
                 rows += batch.num_rows() as u64;
                 self.accept(ChangeBatch {
-                    relation: Arc::clone(relation),
+                    relation,
                     xid,
                     commit_lsn: Some(commit_lsn),
                     streamed: false,
@@ -1002,7 +975,7 @@ impl ChangeSink for PostgresApplySink {
                 self.forget_streamed(Some(xid)).await
             } else {
                 if let Some(transaction) = self.streamed.get_mut(&xid) {
-                    transaction.aborted.insert(subxid);
+                    transaction.abort(subxid);
                 }
                 Ok(())
             }
@@ -1082,64 +1055,6 @@ impl ChangeSink for PostgresApplySink {
             Ok(())
         })
     }
-}
-
-/// A change batch as Arrow IPC stream bytes.
-fn ipc_bytes(batch: &ChangeBatch) -> Result<Vec<u8>> {
-    let ipc_error = |source| Error::Arrow {
-        table: batch.relation.table.to_string(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.batch.schema())
-        .map_err(ipc_error)?;
-    writer.write(&batch.batch).map_err(ipc_error)?;
-    writer.finish().map_err(ipc_error)?;
-    drop(writer);
-    Ok(bytes)
-}
-
-/// The batch kept as `bytes` (one batch of `relation`'s schema).
-fn read_ipc(bytes: &[u8], relation: &RelationSchema) -> Result<RecordBatch> {
-    let ipc_error = |source| Error::Arrow {
-        table: relation.table.to_string(),
-        source,
-    };
-    let mut reader = arrow::ipc::reader::StreamReader::try_new(bytes, None).map_err(ipc_error)?;
-    let batch = reader
-        .next()
-        .transpose()
-        .map_err(ipc_error)?
-        .ok_or(Error::UnexpectedEvent {
-            reason: "a kept streamed batch is empty",
-        })?;
-    if batch.schema() != relation.schema {
-        return Err(Error::UnexpectedEvent {
-            reason: "a kept streamed batch does not have its table version's schema",
-        });
-    }
-    Ok(batch)
-}
-
-/// `batch` without the rows of rolled-back subtransactions.
-fn without_aborted(batch: RecordBatch, aborted: &HashSet<u32>) -> Result<RecordBatch> {
-    if aborted.is_empty() {
-        return Ok(batch);
-    }
-    let xids = batch
-        .column_by_name(XID_COLUMN)
-        .and_then(|column| column.as_primitive_opt::<arrow::datatypes::UInt32Type>())
-        .ok_or(Error::UnexpectedEvent {
-            reason: "a streamed batch without transaction ids",
-        })?;
-    let keep: arrow::array::BooleanArray = xids
-        .iter()
-        .map(|xid| Some(!xid.is_some_and(|xid| aborted.contains(&xid))))
-        .collect();
-    arrow::compute::filter_record_batch(&batch, &keep).map_err(|source| Error::Arrow {
-        table: "a streamed transaction".into(),
-        source,
-    })
 }
 
 /// `error`, as the failure of `table` alone (unless it already names a table).

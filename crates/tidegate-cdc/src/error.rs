@@ -313,6 +313,7 @@ impl Error {
         match self {
             Error::Connect { .. } => true,
             Error::Table { source, .. } => source.is_retryable(),
+            Error::Replicate { source, .. } => source.is_retryable(),
             Error::Target { source, .. } => match source {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
                 // As for the source, plus 40: serialization failures and deadlocks.

@@ -206,6 +206,7 @@ mod catalog;
 mod changes;
 mod config;
 mod error;
+mod kept;
 mod lsn;
 pub mod pgoutput;
 mod replication;

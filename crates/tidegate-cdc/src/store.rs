@@ -1,6 +1,6 @@
 //! [`StoreChangesSink`]: change batches as Parquet change files on object storage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use tidegate_replicate::{CopySummary, ParquetSink, ParquetSinkConfig, Sink, Tabl
 
 use crate::changes::{ChangeBatch, METADATA_COLUMNS, RelationSchema};
 use crate::error::{Error, Result};
+use crate::kept::{StreamedTransaction, ipc_bytes};
 use crate::lsn::Lsn;
 use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
 
@@ -62,7 +63,14 @@ impl StoreSinkConfig {
 /// <prefix>/<schema>/<table>/<task_id>/_manifest.json
 /// <prefix>/<schema>/<table>/changes/<first commit LSN>-v<version>-<n>.parquet
 /// <prefix>/_tidegate/cdc/<task_id>/manifests/<LSN>.json           one per commit group
+/// <prefix>/_tidegate/cdc/<task_id>/streamed/<xid>/<n>.arrow        blocks of open transactions
 /// ```
+///
+/// Blocks of a transaction the server streams before it commits are kept as Arrow IPC
+/// objects until its commit, when their rows (but a rolled-back subtransaction's) go into
+/// the group's change files like any other, and the blocks are deleted. A sink that writes
+/// with modular encryption does not take streamed transactions (its blocks would be plain):
+/// the server then sends large transactions at commit.
 ///
 /// LSNs in names are 16 upper-case hex digits, so names sort in LSN order. A change file has
 /// the layout of the change batches ([`crate::ChangeBatch`]) with one more metadata column,
@@ -98,6 +106,8 @@ pub struct StoreChangesSink {
     group_start: Option<Lsn>,
     /// The checkpoint before the group.
     previous: Option<Lsn>,
+    /// Streamed transactions not committed yet, whose blocks are kept on the store.
+    streamed: HashMap<u32, StreamedTransaction>,
 }
 
 impl fmt::Debug for StoreChangesSink {
@@ -194,7 +204,100 @@ impl StoreChangesSink {
             done: Vec::new(),
             group_start: None,
             previous: None,
+            streamed: HashMap::new(),
         }
+    }
+
+    /// Where blocks of streamed transactions wait for their commit:
+    /// `<prefix>/_tidegate/cdc/<task_id>/streamed/`.
+    fn streamed_dir(&self) -> Path {
+        self.prefix
+            .clone()
+            .join("_tidegate")
+            .join("cdc")
+            .join(PathPart::from(self.config.task_id.as_str()))
+            .join("streamed")
+    }
+
+    fn streamed_path(&self, xid: u32, seq: usize) -> Path {
+        self.streamed_dir()
+            .join(xid.to_string())
+            .join(format!("{seq:08}.arrow"))
+    }
+
+    fn object_error(path: &Path) -> impl Fn(object_store::Error) -> Error + use<> {
+        let path = path.to_string();
+        move |source| Error::ObjectStore {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// Keeps a block of a streamed transaction on the store.
+    async fn keep_streamed(&mut self, batch: ChangeBatch) -> Result<()> {
+        let bytes = ipc_bytes(&batch)?;
+        let seq = self
+            .streamed
+            .entry(batch.xid)
+            .or_default()
+            .keep(&batch.relation);
+        let path = self.streamed_path(batch.xid, seq);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(Self::object_error(&path))?;
+        Ok(())
+    }
+
+    /// Deletes the kept blocks of `xid`'s first `blocks` sequence numbers.
+    async fn forget_streamed(&mut self, xid: u32, blocks: usize) -> Result<()> {
+        for seq in 0..blocks {
+            let path = self.streamed_path(xid, seq);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(Self::object_error(&path)(error)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Streamed transaction `xid` committed: its kept blocks join the open group.
+    async fn commit_streamed(
+        &mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        skip: &[TableRef],
+    ) -> Result<u64> {
+        let Some(transaction) = self.streamed.remove(&xid) else {
+            return Ok(0);
+        };
+        let mut rows = 0;
+        for (seq, table_version) in transaction.blocks.iter().enumerate() {
+            let path = self.streamed_path(xid, seq);
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(Self::object_error(&path))?
+                .bytes()
+                .await
+                .map_err(Self::object_error(&path))?;
+            let Some((relation, batch)) = transaction.read(*table_version, &bytes, skip)? else {
+                continue;
+            };
+            rows += batch.num_rows() as u64;
+            self.write_batch(ChangeBatch {
+                relation,
+                xid,
+                commit_lsn: Some(commit_lsn),
+                streamed: false,
+                batch,
+            })
+            .await?;
+        }
+        // The blocks can go now: if the group is lost, the server sends the transaction again.
+        self.forget_streamed(xid, transaction.blocks.len()).await?;
+        Ok(rows)
     }
 
     /// The directory of the task's manifests.
@@ -464,6 +567,20 @@ impl ChangeSink for StoreChangesSink {
             );
             self.previous = Some(checkpoint.lsn);
             self.versions = manifest.schemas;
+            // Streaming starts again from the checkpoint: blocks an earlier run kept are sent
+            // again.
+            let dir = self.streamed_dir();
+            let kept: Vec<_> = store
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(Self::object_error(&dir))?;
+            for object in kept {
+                match store.delete(&object.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(error) => return Err(Self::object_error(&object.location)(error)),
+                }
+            }
             Ok(Some(checkpoint))
         })
     }
@@ -546,6 +663,38 @@ impl ChangeSink for StoreChangesSink {
 
     fn write(&mut self, batch: ChangeBatch) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.write_batch(batch))
+    }
+
+    /// Blocks are kept as plain Arrow IPC objects: not with modular encryption, so a sink
+    /// writing encrypted files takes whole transactions at commit instead.
+    fn takes_streamed(&self) -> bool {
+        self.config.snapshot.encryption().is_none()
+    }
+
+    fn stream_write(&mut self, batch: ChangeBatch) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.keep_streamed(batch))
+    }
+
+    fn stream_abort(&mut self, xid: u32, subxid: u32) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if xid == subxid {
+                if let Some(transaction) = self.streamed.remove(&xid) {
+                    self.forget_streamed(xid, transaction.blocks.len()).await?;
+                }
+            } else if let Some(transaction) = self.streamed.get_mut(&xid) {
+                transaction.abort(subxid);
+            }
+            Ok(())
+        })
+    }
+
+    fn stream_commit<'a>(
+        &'a mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        skip: &'a [TableRef],
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.commit_streamed(xid, commit_lsn, skip))
     }
 
     fn commit<'a>(&'a mut self, group: &'a CommitGroup) -> BoxFuture<'a, Result<()>> {

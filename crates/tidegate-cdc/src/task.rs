@@ -307,8 +307,9 @@ pub enum CdcPhase {
 /// did not fail are not loaded again. When the failing table is the last one not set apart,
 /// the task fails instead (nothing is recorded), and a new run resumes it from its
 /// checkpoint once the cause is fixed. The initial load does the same: each table is loaded
-/// on its own, and one that fails is set apart (recorded before the checkpoint) while the
-/// others stream, unless no table loaded.
+/// on its own, and one that fails twice is set apart (recorded before the checkpoint) while
+/// the others stream, unless no table loaded; an error that may pass (a lost connection)
+/// fails the load instead.
 ///
 /// **Large transactions.** With a sink that [takes streamed
 /// transactions](ChangeSink::takes_streamed) (and [`CdcTaskConfig::streaming`]), the server
@@ -751,7 +752,24 @@ async fn initial_load(
         .await;
     let mut load: Option<CopySummary> = None;
     let mut failed = Vec::new();
-    for (table, copied) in copies {
+    for (table, mut copied) in copies {
+        if let Err(error) = copied {
+            if error.is_retryable() {
+                // The source or the target is unreachable: not one table's fault.
+                return Err(failure(error));
+            }
+            // Once more, alone: an error that passes (a race with a session of an earlier
+            // run that is still going away) must not set a table apart.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let plan = plan(std::slice::from_ref(&table), 1);
+            copied = copy_in_snapshot(
+                Arc::clone(&source),
+                Arc::clone(&snapshot_sink),
+                plan,
+                cancel,
+            )
+            .await;
+        }
         match copied {
             Ok(None) => return Ok(None),
             Ok(Some(one)) => match &mut load {

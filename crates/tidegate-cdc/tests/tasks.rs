@@ -686,27 +686,26 @@ async fn a_table_failing_its_initial_load_is_set_apart_and_resynced_alone() {
     assert_eq!(table_oid(&mut target, "public.items").await, items_oid);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn large_transactions_are_streamed_before_they_commit_and_applied_once() {
-    let env = Env::start(SCHEMA).await;
-    // Small enough that the large transactions below are streamed in blocks.
+/// Makes the test server stream transactions past 64 kB.
+fn stream_large_transactions(env: &Env) {
     env.server
         .execute("src", "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'")
         .unwrap();
     env.server
         .execute("src", "SELECT pg_reload_conf()")
         .unwrap();
-    let mut task = Watched::apply(&env, env.task("streamed", &["items", "parted"]));
-    task.until(|p| p.phase == CdcPhase::Streaming).await;
-    let mut large = env.source().await;
-    let mut small = env.source().await;
+}
+
+/// Two large transactions on `large` while `small` commits others: one committed with a
+/// subtransaction rolled back, one rolled back altogether.
+async fn large_transactions(large: &mut PgConnection, small: &mut PgConnection) {
     let mut step = async |sql: &str, seed: u64| {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-            .execute(&mut large)
+            .execute(&mut *large)
             .await
             .unwrap();
         // Other transactions commit while the large one is open.
-        workload(&mut small, seed, 10).await;
+        workload(&mut *small, seed, 10).await;
     };
     step(
         "BEGIN; INSERT INTO items SELECT g, 'large ' || g, g % 10, NULL \
@@ -738,6 +737,23 @@ async fn large_transactions_are_streamed_before_they_commit_and_applied_once() {
     )
     .await;
     step("ROLLBACK", 47).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_transactions_are_streamed_before_they_commit_and_applied_once() {
+    let env = Env::start(SCHEMA).await;
+    // Small enough that the large transactions below are streamed in blocks.
+    env.server
+        .execute("src", "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'")
+        .unwrap();
+    env.server
+        .execute("src", "SELECT pg_reload_conf()")
+        .unwrap();
+    let mut task = Watched::apply(&env, env.task("streamed", &["items", "parted"]));
+    task.until(|p| p.phase == CdcPhase::Streaming).await;
+    let mut large = env.source().await;
+    let mut small = env.source().await;
+    large_transactions(&mut large, &mut small).await;
     wait_identical(&env, &[ITEMS, PARTED]).await;
     let summary = task.stop().await;
     assert!(summary.streamed_transactions >= 1, "{summary:?}");
@@ -786,6 +802,31 @@ async fn large_transactions_are_streamed_before_they_commit_and_applied_once() {
     task.until(|p| p.phase == CdcPhase::Streaming).await;
     let summary = task.stop().await;
     assert!(summary.streamed_transactions >= 1, "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_transactions_are_streamed_into_change_files_once() {
+    let env = Env::start(SCHEMA).await;
+    stream_large_transactions(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let running = spawn_store(dir.path(), env.task("lakestream", &["items", "parted"]));
+    wait_replayed(&env, dir.path(), "lakestream", &["items", "parted"]).await;
+    let mut large = env.source().await;
+    let mut small = env.source().await;
+    large_transactions(&mut large, &mut small).await;
+    wait_replayed(&env, dir.path(), "lakestream", &["items", "parted"]).await;
+    let summary = running.stop().await;
+    assert!(summary.streamed_transactions >= 1, "{summary:?}");
+    let kept = dir.path().join("lake/_tidegate/cdc/lakestream/streamed");
+    let left = std::fs::read_dir(&kept)
+        .map(|entries| {
+            entries
+                .flatten()
+                .flat_map(|xid| std::fs::read_dir(xid.path()).into_iter().flatten())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(left, 0, "blocks left under {}", kept.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
