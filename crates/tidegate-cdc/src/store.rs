@@ -1,6 +1,6 @@
 //! [`StoreChangesSink`]: change batches as Parquet change files on object storage.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -83,7 +83,9 @@ impl StoreSinkConfig {
 /// across restarts: every manifest carries each table's current version and fields
 /// (`schemas`). It is
 /// written after every file completed; files without a manifest (a group interrupted by a
-/// crash) never count, and the group is written again under the same names on restart. The
+/// crash) never count. Every group a manifest names starts before the checkpoint, so on
+/// restart a table's change files named at or after it are a dead run's: they are deleted
+/// before the table's first new file (a prefix holds one store-changes task per table). The
 /// first manifest (`kind: "snapshot"`) names the initial load's per-table manifests at the
 /// slot's consistent point. The checkpoint is the `lsn` of the newest manifest.
 ///
@@ -108,6 +110,10 @@ pub struct StoreChangesSink {
     previous: Option<Lsn>,
     /// Streamed transactions not committed yet, whose blocks are kept on the store.
     streamed: HashMap<u32, StreamedTransaction>,
+    /// The checkpoint this run resumed from, and the tables whose change files past it were
+    /// cleaned up.
+    resumed_from: Option<Lsn>,
+    cleaned: HashSet<TableRef>,
 }
 
 impl fmt::Debug for StoreChangesSink {
@@ -205,7 +211,47 @@ impl StoreChangesSink {
             group_start: None,
             previous: None,
             streamed: HashMap::new(),
+            resumed_from: None,
+            cleaned: HashSet::new(),
         }
+    }
+
+    /// Deletes `table`'s change files named at or after the checkpoint this run resumed from:
+    /// no manifest names them (every group a manifest names starts before it), so they are
+    /// what a run that died wrote for a group it never committed. Once per table, before the
+    /// run writes its first change file of the table.
+    async fn clean_up_after_crash(&mut self, table: &TableRef) -> Result<()> {
+        let Some(resumed_from) = self.resumed_from else {
+            return Ok(());
+        };
+        if !self.cleaned.insert(table.clone()) {
+            return Ok(());
+        }
+        let dir = self.changes_dir(table)?;
+        let from = format!("{:016X}", resumed_from.as_u64());
+        let offset = dir.clone().join(from.as_str());
+        let listed: Vec<_> = self
+            .store
+            .list_with_offset(Some(&dir), &offset)
+            .try_collect()
+            .await
+            .map_err(Self::object_error(&dir))?;
+        for object in listed {
+            let orphan = object
+                .location
+                .filename()
+                .and_then(|name| name.get(..16))
+                .is_some_and(|lsn| lsn.bytes().all(|b| b.is_ascii_hexdigit()) && *lsn >= *from);
+            if !orphan {
+                continue;
+            }
+            tracing::info!(path = %object.location, "change file of a group never committed: deleted");
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(Self::object_error(&object.location)(error)),
+            }
+        }
+        Ok(())
     }
 
     /// Where blocks of streamed transactions wait for their commit:
@@ -326,6 +372,15 @@ impl StoreChangesSink {
     }
 
     fn file_path(&self, table: &TableRef, version: u32, index: usize) -> Result<Path> {
+        let start = self.group_start.unwrap_or(Lsn::ZERO);
+        Ok(self.changes_dir(table)?.join(format!(
+            "{:016X}-v{version}-{index:03}.parquet",
+            start.as_u64()
+        )))
+    }
+
+    /// `<prefix>/<schema>/<table>/changes`.
+    fn changes_dir(&self, table: &TableRef) -> Result<Path> {
         let mut path = self.prefix.clone();
         for (what, name) in [("schema", &table.schema), ("table", &table.name)] {
             if name.is_empty() {
@@ -337,11 +392,7 @@ impl StoreChangesSink {
             }
             path = path.join(PathPart::from(name.as_str()));
         }
-        let start = self.group_start.unwrap_or(Lsn::ZERO);
-        Ok(path.join("changes").join(format!(
-            "{:016X}-v{version}-{index:03}.parquet",
-            start.as_u64()
-        )))
+        Ok(path.join("changes"))
     }
 
     async fn write_batch(&mut self, batch: ChangeBatch) -> Result<()> {
@@ -566,6 +617,8 @@ impl ChangeSink for StoreChangesSink {
                 manifest.last_commit_lsn.as_deref().map(parse).transpose()?,
             );
             self.previous = Some(checkpoint.lsn);
+            self.resumed_from = Some(checkpoint.lsn);
+            self.cleaned.clear();
             self.versions = manifest.schemas;
             // Streaming starts again from the checkpoint: blocks an earlier run kept are sent
             // again.
@@ -657,7 +710,7 @@ impl ChangeSink for StoreChangesSink {
                 table.schema.oid,
                 (Arc::clone(&table.schema), table.key.clone()),
             );
-            Ok(())
+            self.clean_up_after_crash(&table.schema.table).await
         })
     }
 
@@ -703,8 +756,7 @@ impl ChangeSink for StoreChangesSink {
 
     fn abort(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            // No manifest names them: they never count. Completed files are left behind and
-            // overwritten when the group is written again.
+            // No manifest names them: they never count, and the next run deletes them.
             for (_, file) in std::mem::take(&mut self.open) {
                 let _ = file.writer.into_inner().abort().await;
             }

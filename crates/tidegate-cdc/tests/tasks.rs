@@ -975,6 +975,40 @@ async fn transactions_received_during_a_slow_commit_share_the_next_group() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_files_no_manifest_names_are_deleted_on_restart() {
+    let env = Env::start(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = env.source().await;
+    let running = spawn_store(dir.path(), env.task("tidy", &["items"]));
+    wait_replayed(&env, dir.path(), "tidy", &["items"]).await;
+    workload(&mut source, 51, 60).await;
+    wait_replayed(&env, dir.path(), "tidy", &["items"]).await;
+    running.stop().await;
+
+    // What a run that died in the middle of a group leaves: a change file past the
+    // checkpoint that no manifest names.
+    let manifests = store_sink(dir.path(), "tidy").manifests().await.unwrap();
+    let checkpoint: Lsn = manifests.last().unwrap().lsn.parse().unwrap();
+    let changes = dir.path().join("lake/public/items/changes");
+    let named: Vec<PathBuf> = std::fs::read_dir(&changes)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert!(!named.is_empty());
+    let orphan = changes.join(format!("{:016X}-v1-000.parquet", checkpoint.as_u64() + 8));
+    std::fs::write(&orphan, b"half a file").unwrap();
+
+    let running = spawn_store(dir.path(), env.task("tidy", &["items"]));
+    workload(&mut source, 52, 60).await;
+    wait_replayed(&env, dir.path(), "tidy", &["items"]).await;
+    running.stop().await;
+    assert!(!orphan.exists(), "{} is left", orphan.display());
+    for path in named {
+        assert!(path.exists(), "{} was deleted", path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_table_without_key_is_refused_by_apply_before_anything_is_created() {
     let env =
         Env::start("CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE loose (a int, b text);")
