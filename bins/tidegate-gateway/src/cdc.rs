@@ -312,6 +312,7 @@ async fn capture(
         let before = progress.borrow().checkpoint;
         let attempt_cancel = cancel.child_token();
         let attempt_resync = std::mem::take(&mut resync);
+        let resyncing = attempt_resync.clone();
         let attempt = async {
             let tables = tables(spec).await?;
             *discovered.lock().unwrap_or_else(|e| e.into_inner()) = tables.clone();
@@ -337,7 +338,18 @@ async fn capture(
                     let outcome = match resync_tables(&request.tables, &known) {
                         Ok(tables) => {
                             tracing::info!(message = "resyncing tables", task = %spec.task_id, run = %spec.run_id, tables = tables.len());
-                            resync = tables;
+                            // With those of a resync this one interrupts.
+                            let interrupted: &[TableRef] =
+                                if progress.borrow().phase == CdcPhase::Streaming {
+                                    &[]
+                                } else {
+                                    &resyncing
+                                };
+                            for table in interrupted.iter().chain(&tables) {
+                                if !resync.contains(table) {
+                                    resync.push(table.clone());
+                                }
+                            }
                             attempt_cancel.cancel();
                             Ok(CommandOutcome::Accepted)
                         }

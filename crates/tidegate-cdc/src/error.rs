@@ -316,11 +316,14 @@ impl Error {
             Error::Replicate { source, .. } => source.is_retryable(),
             Error::Target { source, .. } => match source {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-                // As for the source, plus 40: serialization failures and deadlocks.
+                // As for the source, plus 40: serialization failures and deadlocks, 55P03: a
+                // lock not available, 25006: a read-only target (a standby being promoted).
                 sqlx::Error::Database(database) => database.code().is_some_and(|code| {
                     ["08", "40", "53", "57"]
                         .iter()
                         .any(|class| code.starts_with(class))
+                        || code == "55P03"
+                        || code == "25006"
                 }),
                 _ => false,
             },

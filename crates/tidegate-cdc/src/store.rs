@@ -216,6 +216,28 @@ impl StoreChangesSink {
         }
     }
 
+    /// Makes `schema` the table's current one: a new schema version in the change files when
+    /// its fields differ from the current version's.
+    fn follow(&mut self, schema: &Arc<RelationSchema>, key: Option<Vec<String>>) {
+        let fields = fields_of(&schema.schema);
+        let name = schema.table.to_string();
+        let version = match self.versions.get(&name) {
+            Some(known) if known.fields == fields => known.version,
+            Some(known) => known.version + 1,
+            None => 1,
+        };
+        if version > 1
+            && self
+                .versions
+                .get(&name)
+                .is_some_and(|k| k.version != version)
+        {
+            tracing::info!(table = %name, version, "new schema version in the change files");
+        }
+        self.versions.insert(name, TableVersion { version, fields });
+        self.tables.insert(schema.oid, (Arc::clone(schema), key));
+    }
+
     /// Deletes `table`'s change files named at or after the checkpoint this run resumed from:
     /// no manifest names them (every group a manifest names starts before it), so they are
     /// what a run that died wrote for a group it never committed. Once per table, before the
@@ -397,6 +419,25 @@ impl StoreChangesSink {
 
     async fn write_batch(&mut self, batch: ChangeBatch) -> Result<()> {
         let relation = &batch.relation;
+        let followed = self
+            .tables
+            .get(&relation.oid)
+            .is_some_and(|(schema, _)| Arc::ptr_eq(schema, relation));
+        if !followed {
+            // A streamed transaction's rows, kept while the table changed: they go under a
+            // version with their own fields.
+            let current = self
+                .versions
+                .get(&relation.table.to_string())
+                .map(|known| &known.fields);
+            if current != Some(&fields_of(&relation.schema)) {
+                let key = self
+                    .tables
+                    .get(&relation.oid)
+                    .and_then(|(_, key)| key.clone());
+                self.follow(relation, key);
+            }
+        }
         let commit_lsn = batch.commit_lsn.ok_or(Error::UnexpectedEvent {
             reason: "a change batch of a transaction not committed yet",
         })?;
@@ -524,6 +565,15 @@ impl StoreChangesSink {
         self.group_start = None;
         Ok(())
     }
+}
+
+/// A change file's fields for `batch`'s schema: name and Arrow type.
+fn fields_of(batch: &SchemaRef) -> Vec<(String, String)> {
+    file_schema(batch)
+        .fields()
+        .iter()
+        .map(|field| (field.name().clone(), field.data_type().to_string()))
+        .collect()
 }
 
 /// The schema of a change file: the batch's, with [`COMMIT_LSN_COLUMN`] after the metadata.
@@ -686,30 +736,7 @@ impl ChangeSink for StoreChangesSink {
 
     fn relation<'a>(&'a mut self, table: &'a TableDescription) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let fields: Vec<(String, String)> = file_schema(&table.schema.schema)
-                .fields()
-                .iter()
-                .map(|field| (field.name().clone(), field.data_type().to_string()))
-                .collect();
-            let name = table.schema.table.to_string();
-            let version = match self.versions.get(&name) {
-                Some(known) if known.fields == fields => known.version,
-                Some(known) => known.version + 1,
-                None => 1,
-            };
-            if version > 1
-                && self
-                    .versions
-                    .get(&name)
-                    .is_some_and(|k| k.version != version)
-            {
-                tracing::info!(table = %name, version, "new schema version in the change files");
-            }
-            self.versions.insert(name, TableVersion { version, fields });
-            self.tables.insert(
-                table.schema.oid,
-                (Arc::clone(&table.schema), table.key.clone()),
-            );
+            self.follow(&table.schema, table.key.clone());
             self.clean_up_after_crash(&table.schema.table).await
         })
     }

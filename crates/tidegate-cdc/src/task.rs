@@ -356,7 +356,9 @@ pub async fn run_cdc_task_with_progress(
         resync.clear();
         match result {
             Err(Error::Table { table, source })
-                if sink.isolates_tables() && !source.is_retryable() =>
+                if sink.isolates_tables()
+                    && !source.is_retryable()
+                    && config.tables.contains(&table) =>
             {
                 let others_failed = sink
                     .table_states()
@@ -666,6 +668,9 @@ async fn guarded_slot(
     })
 }
 
+/// The failure a table shows while a resync replaces it, and after a resync that stopped.
+const RESYNC_INTERRUPTED: &str = "a resync of the table did not complete; resync it again";
+
 /// Loads `tables` again, one at a time, in the snapshot of a temporary slot, and records each
 /// as resynced at the slot's consistent point. `false` if cancelled.
 async fn resync_tables(
@@ -681,6 +686,9 @@ async fn resync_tables(
     tracing::info!(task = %config.task_id, tables = tables.len(), consistent_point = %created.consistent_point, "resyncing tables");
     let source = snapshot_source(config, &snapshot, "resyncing tables").await?;
     for table in tables {
+        // Set apart while it is replaced: a resync that stops half-way leaves it failed (to
+        // be resynced again), never applying changes its new contents already hold.
+        sink.table_failed(table, RESYNC_INTERRUPTED).await?;
         let plan = CopyPlan::new(config.task_id.clone())
             .with_tables([table.to_string()])
             .with_batch_rows(config.load_batch_rows)
@@ -776,6 +784,7 @@ async fn initial_load(
                 Some(load) => load.tables.extend(one.tables),
                 None => load = Some(one),
             },
+            Err(error) if error.is_retryable() => return Err(failure(error)),
             Err(error) => failed.push((table, failure(error))),
         }
     }
