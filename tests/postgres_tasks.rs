@@ -528,34 +528,9 @@ async fn a_failing_table_is_reported_and_resynced_through_the_control_plane() {
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
     let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
     common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
-    let source = harness
-        .api
-        .post(
-            "/api/v1/connections",
-            common::postgres_connection(&pg, "src"),
-        )
-        .await
-        .unwrap();
-    let target = harness
-        .api
-        .post(
-            "/api/v1/connections",
-            common::postgres_connection(&pg, "dst"),
-        )
-        .await
-        .unwrap();
-    let task = harness
-        .api
-        .post(
-            "/api/v1/tasks",
-            json!({"name": "two tables live", "gateway_id": gateway_id,
-                   "source_id": source["id"], "target_id": target["id"],
-                   "task_type": "change_data_capture",
-                   "tables": {"include": ["public.orders", "public.items"]}}),
-        )
-        .await
-        .unwrap();
-    let task_id = task["id"].as_str().unwrap();
+    let task_id = &harness
+        .capture_task(&gateway_id, &pg, &["public.orders", "public.items"])
+        .await;
     let (run, run_path) = harness.run_until_streaming(task_id).await;
 
     // The target refuses one table's changes: that table is set apart and reported, the

@@ -185,6 +185,23 @@ impl Harness {
         gateway_id: &str,
         pg: &tidegate_testkit::PgServer,
     ) -> (String, serde_json::Value) {
+        let task_id = self.capture_task(gateway_id, pg, &["public.orders"]).await;
+        let run = self
+            .api
+            .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+            .await
+            .unwrap();
+        (task_id, run)
+    }
+
+    /// Connections to databases `src` and `dst` of `pg` and a change data capture task of
+    /// `tables` between them on `gateway_id`; returns the task's id.
+    pub async fn capture_task(
+        &self,
+        gateway_id: &str,
+        pg: &tidegate_testkit::PgServer,
+        tables: &[&str],
+    ) -> String {
         let source = self
             .api
             .post("/api/v1/connections", postgres_connection(pg, "src"))
@@ -199,20 +216,14 @@ impl Harness {
             .api
             .post(
                 "/api/v1/tasks",
-                json!({"name": self.unique("orders live"), "gateway_id": gateway_id,
+                json!({"name": self.unique("live"), "gateway_id": gateway_id,
                        "source_id": source["id"], "target_id": target["id"],
                        "task_type": "change_data_capture",
-                       "tables": {"include": ["public.orders"]}}),
+                       "tables": {"include": tables}}),
             )
             .await
             .unwrap();
-        let task_id = task["id"].as_str().unwrap().to_owned();
-        let run = self
-            .api
-            .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
-            .await
-            .unwrap();
-        (task_id, run)
+        task["id"].as_str().unwrap().to_owned()
     }
 
     /// Starts a run of change data capture task `task_id` and waits until it streams; returns

@@ -15,7 +15,7 @@ use tidegate_replicate::{CopySummary, PostgresSink, PostgresSinkConfig, Sink, Ta
 
 use crate::changes::{ChangeBatch, OLD_COLUMN_PREFIX, OP_COLUMN, RelationSchema, UNCHANGED_COLUMN};
 use crate::error::{Error, Result};
-use crate::kept::{StreamedTransaction, ipc_bytes};
+use crate::kept::{KeptTransactions, ipc_bytes};
 use crate::lsn::Lsn;
 use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription, TableState};
 
@@ -103,7 +103,7 @@ pub struct PostgresApplySink {
     pending: Vec<(u32, Vec<RecordBatch>)>,
     pending_rows: usize,
     /// Streamed transactions not committed yet, whose batches are kept at the target.
-    streamed: HashMap<u32, StreamedTransaction>,
+    streamed: KeptTransactions,
 }
 
 impl fmt::Debug for PostgresApplySink {
@@ -176,7 +176,7 @@ impl PostgresApplySink {
             tables: HashMap::new(),
             pending: Vec::new(),
             pending_rows: 0,
-            streamed: HashMap::new(),
+            streamed: KeptTransactions::default(),
         };
         let mut ddl = String::from("CREATE SCHEMA IF NOT EXISTS ");
         push_identifier(&mut ddl, &sink.config.checkpoint_table.schema);
@@ -233,7 +233,7 @@ impl PostgresApplySink {
     async fn keep_streamed(&mut self, batch: ChangeBatch) -> Result<()> {
         let bytes = ipc_bytes(&batch)?;
         let relation = &batch.relation;
-        let seq = self.streamed.entry(batch.xid).or_default().keep(relation);
+        let seq = self.streamed.keep(&batch);
         let sql = format!(
             "INSERT INTO {} (task_id, xid, seq, relation_oid, version, batch) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -283,7 +283,7 @@ impl PostgresApplySink {
         commit_lsn: Lsn,
         skip: &[TableRef],
     ) -> Result<u64> {
-        let Some(transaction) = self.streamed.remove(&xid) else {
+        let Some(transaction) = self.streamed.take(xid) else {
             return Ok(0);
         };
         let sql = format!(
@@ -970,14 +970,9 @@ impl ChangeSink for PostgresApplySink {
 
     fn stream_abort(&mut self, xid: u32, subxid: u32) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if xid == subxid {
-                self.streamed.remove(&xid);
-                self.forget_streamed(Some(xid)).await
-            } else {
-                if let Some(transaction) = self.streamed.get_mut(&xid) {
-                    transaction.abort(subxid);
-                }
-                Ok(())
+            match self.streamed.abort(xid, subxid) {
+                Some(_) => self.forget_streamed(Some(xid)).await,
+                None => Ok(()),
             }
         })
     }

@@ -12,6 +12,39 @@ use tidegate_replicate::TableRef;
 use crate::changes::{ChangeBatch, RelationSchema, XID_COLUMN};
 use crate::error::{Error, Result};
 
+/// The streamed transactions a sink keeps blocks of, by top-level transaction id.
+#[derive(Debug, Default)]
+pub(crate) struct KeptTransactions(HashMap<u32, StreamedTransaction>);
+
+impl KeptTransactions {
+    /// Notes one more block of `batch`'s transaction; returns its sequence number.
+    pub(crate) fn keep(&mut self, batch: &ChangeBatch) -> usize {
+        self.0.entry(batch.xid).or_default().keep(&batch.relation)
+    }
+
+    /// `subxid` of `xid` rolled back. When it is the whole transaction, returns what was
+    /// kept of it, for the sink to delete.
+    pub(crate) fn abort(&mut self, xid: u32, subxid: u32) -> Option<StreamedTransaction> {
+        if xid == subxid {
+            return self.0.remove(&xid);
+        }
+        if let Some(transaction) = self.0.get_mut(&xid) {
+            transaction.aborted.insert(subxid);
+        }
+        None
+    }
+
+    /// Transaction `xid` committed: what was kept of it.
+    pub(crate) fn take(&mut self, xid: u32) -> Option<StreamedTransaction> {
+        self.0.remove(&xid)
+    }
+
+    /// Forgets every transaction (the sink starts over).
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// A streamed transaction not committed yet.
 #[derive(Debug, Default)]
 pub(crate) struct StreamedTransaction {
@@ -24,19 +57,13 @@ pub(crate) struct StreamedTransaction {
 }
 
 impl StreamedTransaction {
-    /// Notes one more block of `relation`; returns its sequence number.
-    pub(crate) fn keep(&mut self, relation: &Arc<RelationSchema>) -> usize {
+    fn keep(&mut self, relation: &Arc<RelationSchema>) -> usize {
         let key = (relation.oid, relation.version);
         self.relations
             .entry(key)
             .or_insert_with(|| Arc::clone(relation));
         self.blocks.push(key);
         self.blocks.len() - 1
-    }
-
-    /// Subtransaction `subxid` rolled back: its rows are dropped when read back.
-    pub(crate) fn abort(&mut self, subxid: u32) {
-        self.aborted.insert(subxid);
     }
 
     /// A kept block read back: its table version and its rows but those of rolled-back

@@ -1,6 +1,6 @@
 //! [`StoreChangesSink`]: change batches as Parquet change files on object storage.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ use tidegate_replicate::{CopySummary, ParquetSink, ParquetSinkConfig, Sink, Tabl
 
 use crate::changes::{ChangeBatch, METADATA_COLUMNS, RelationSchema};
 use crate::error::{Error, Result};
-use crate::kept::{StreamedTransaction, ipc_bytes};
+use crate::kept::{KeptTransactions, ipc_bytes};
 use crate::lsn::Lsn;
 use crate::sink::{ChangeSink, Checkpoint, CommitGroup, TableDescription};
 
@@ -109,7 +109,7 @@ pub struct StoreChangesSink {
     /// The checkpoint before the group.
     previous: Option<Lsn>,
     /// Streamed transactions not committed yet, whose blocks are kept on the store.
-    streamed: HashMap<u32, StreamedTransaction>,
+    streamed: KeptTransactions,
     /// The checkpoint this run resumed from, and the tables whose change files past it were
     /// cleaned up.
     resumed_from: Option<Lsn>,
@@ -210,7 +210,7 @@ impl StoreChangesSink {
             done: Vec::new(),
             group_start: None,
             previous: None,
-            streamed: HashMap::new(),
+            streamed: KeptTransactions::default(),
             resumed_from: None,
             cleaned: HashSet::new(),
         }
@@ -304,11 +304,7 @@ impl StoreChangesSink {
     /// Keeps a block of a streamed transaction on the store.
     async fn keep_streamed(&mut self, batch: ChangeBatch) -> Result<()> {
         let bytes = ipc_bytes(&batch)?;
-        let seq = self
-            .streamed
-            .entry(batch.xid)
-            .or_default()
-            .keep(&batch.relation);
+        let seq = self.streamed.keep(&batch);
         let path = self.streamed_path(batch.xid, seq);
         self.store
             .put(&path, PutPayload::from(bytes))
@@ -336,7 +332,7 @@ impl StoreChangesSink {
         commit_lsn: Lsn,
         skip: &[TableRef],
     ) -> Result<u64> {
-        let Some(transaction) = self.streamed.remove(&xid) else {
+        let Some(transaction) = self.streamed.take(xid) else {
             return Ok(0);
         };
         let mut rows = 0;
@@ -757,14 +753,10 @@ impl ChangeSink for StoreChangesSink {
 
     fn stream_abort(&mut self, xid: u32, subxid: u32) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if xid == subxid {
-                if let Some(transaction) = self.streamed.remove(&xid) {
-                    self.forget_streamed(xid, transaction.blocks.len()).await?;
-                }
-            } else if let Some(transaction) = self.streamed.get_mut(&xid) {
-                transaction.abort(subxid);
+            match self.streamed.abort(xid, subxid) {
+                Some(transaction) => self.forget_streamed(xid, transaction.blocks.len()).await,
+                None => Ok(()),
             }
-            Ok(())
         })
     }
 

@@ -555,6 +555,24 @@ async fn table_oid(target: &mut PgConnection, table: &str) -> i64 {
         .unwrap()
 }
 
+/// Runs task `task_id` resyncing `parted` while a workload runs: both tables end identical to
+/// the source, none is failed, and `items` was not loaded again (a load makes a new table, so
+/// its oid would change).
+async fn resync_parted_alone(env: &Env, task_id: &str, seed: u64) {
+    let mut target = env.target().await;
+    let items_oid = table_oid(&mut target, "public.items").await;
+    let config = env
+        .task(task_id, &["items", "parted"])
+        .with_resync(vec![TableRef::new("public", "parted")]);
+    let mut task = Watched::apply(env, config);
+    workload(&mut env.source().await, seed, 100).await;
+    wait_identical(env, &[ITEMS, PARTED]).await;
+    let now = task.until(|p| p.phase == CdcPhase::Streaming).await;
+    assert!(now.failed_tables.is_empty(), "{:?}", now.failed_tables);
+    task.stop().await;
+    assert_eq!(table_oid(&mut target, "public.items").await, items_oid);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_table_is_set_apart_and_resynced_alone() {
     let env = Env::start(SCHEMA).await;
@@ -611,18 +629,8 @@ async fn a_failing_table_is_set_apart_and_resynced_alone() {
         .execute(&mut target)
         .await
         .unwrap();
-    let items_oid = table_oid(&mut target, "public.items").await;
     let parted_oid = table_oid(&mut target, "public.parted").await;
-    let config = env
-        .task("isolate", &["items", "parted"])
-        .with_resync(vec![TableRef::new("public", "parted")]);
-    let mut task = Watched::apply(&env, config);
-    workload(&mut source, 24, 100).await;
-    wait_identical(&env, &[ITEMS, PARTED]).await;
-    let now = task.until(|p| p.phase == CdcPhase::Streaming).await;
-    assert!(now.failed_tables.is_empty(), "{:?}", now.failed_tables);
-    task.stop().await;
-    assert_eq!(table_oid(&mut target, "public.items").await, items_oid);
+    resync_parted_alone(&env, "isolate", 24).await;
     assert_ne!(table_oid(&mut target, "public.parted").await, parted_oid);
     let (failure, resynced): (Option<String>, Option<String>) = sqlx::query_as(
         "SELECT failure, resynced_at::text FROM tidegate.cdc_checkpoint_tables \
@@ -673,17 +681,7 @@ async fn a_table_failing_its_initial_load_is_set_apart_and_resynced_alone() {
         .execute(&mut target)
         .await
         .unwrap();
-    let items_oid = table_oid(&mut target, "public.items").await;
-    let config = env
-        .task("loadfail", &["items", "parted"])
-        .with_resync(vec![TableRef::new("public", "parted")]);
-    let mut task = Watched::apply(&env, config);
-    workload(&mut source, 32, 80).await;
-    wait_identical(&env, &[ITEMS, PARTED]).await;
-    let now = task.until(|p| p.phase == CdcPhase::Streaming).await;
-    assert!(now.failed_tables.is_empty(), "{:?}", now.failed_tables);
-    task.stop().await;
-    assert_eq!(table_oid(&mut target, "public.items").await, items_oid);
+    resync_parted_alone(&env, "loadfail", 32).await;
 }
 
 /// Makes the test server stream transactions past 64 kB.
