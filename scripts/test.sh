@@ -54,6 +54,11 @@ if ! command -v cargo-nextest >/dev/null; then
   cargo install cargo-nextest --locked
 fi
 
+# --- Build settings --------------------------------------------------------------------------
+# A CI machine builds once from nothing: incremental compilation would only add gigabytes of
+# caches to a disk that may be small.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 # --- Static checks ---------------------------------------------------------------------------
 log "cargo fmt"
 cargo fmt --all -- --check
@@ -72,8 +77,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 # --- Tests -----------------------------------------------------------------------------------
 log "tests"
-# tests/binaries.rs runs the real binaries: build them first.
-cargo build --workspace --bins --locked
+# tests/integration/binaries.rs runs the real binaries: build them first, together with the
+# tests. One invocation resolves the dependencies' features once (dev-dependencies included),
+# so nextest then finds everything built instead of compiling dozens of crates a second time.
+cargo build --workspace --bins --tests --locked
 cargo nextest run --workspace --locked --no-fail-fast
 log "doctests"
 cargo test --workspace --doc --locked

@@ -3,8 +3,6 @@
 //! target identical for both sinks, restarts lose and repeat nothing, unchanged TOAST values
 //! survive, added columns arrive, and the errors people meet are clear.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: databases, directory walks and order-independent
 //! checksums computed independently over SQLite (through sqlx) and over Parquet files.
 
-#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
-
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -20,9 +18,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, TypeInfo, ValueRef};
 
 /// Rows and checksum of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digest {
-    pub rows: u64,
-    pub checksum: u64,
+pub(crate) struct Digest {
+    pub(crate) rows: u64,
+    pub(crate) checksum: u64,
 }
 
 /// One value in a form both sides can produce.
@@ -44,7 +42,7 @@ fn hash_row(values: impl Iterator<Item = Canon>) -> u64 {
 }
 
 /// Creates a SQLite database at `path` and runs `statements` in it.
-pub async fn create_db(path: &Path, statements: &[&str]) {
+pub(crate) async fn create_db(path: &Path, statements: &[&str]) {
     let mut connection = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -70,7 +68,7 @@ async fn open(path: &Path) -> SqliteConnection {
 }
 
 /// Row count of a table, straight from SQLite.
-pub async fn sqlite_count(path: &Path, table: &str) -> u64 {
+pub(crate) async fn sqlite_count(path: &Path, table: &str) -> u64 {
     let mut connection = open(path).await;
     let sql = format!("SELECT count(*) FROM {}", quote(table));
     let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
@@ -81,7 +79,7 @@ pub async fn sqlite_count(path: &Path, table: &str) -> u64 {
 }
 
 /// Digest of a table read with plain sqlx, decoding by declared type.
-pub async fn sqlite_digest(path: &Path, table: &str) -> Digest {
+pub(crate) async fn sqlite_digest(path: &Path, table: &str) -> Digest {
     let mut connection = open(path).await;
     let declared: Vec<String> =
         sqlx::query_scalar("SELECT type FROM pragma_table_info(?1) ORDER BY cid")
@@ -151,7 +149,7 @@ fn sqlite_value(row: &SqliteRow, index: usize, declared: &str) -> Canon {
 }
 
 /// Digest of Parquet files read back with parquet's Arrow reader.
-pub fn parquet_digest(files: &[PathBuf]) -> Digest {
+pub(crate) fn parquet_digest(files: &[PathBuf]) -> Digest {
     let mut digest = Digest {
         rows: 0,
         checksum: 0,
@@ -199,7 +197,7 @@ fn arrow_value(array: &dyn Array, row: usize) -> Canon {
 }
 
 /// Every file below `dir`, recursively, sorted.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {

@@ -2,8 +2,6 @@
 //! passed through and checked on every stored object, the data read back through S3, and a
 //! missing bucket refused with an error naming the target.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 
 use object_store::ObjectStoreExt;

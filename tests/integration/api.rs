@@ -1,9 +1,7 @@
 //! The control plane's REST API: bad input gets a clear 4xx and changes nothing; failures of
 //! runs reach the operator as metadata.
 
-#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
-
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

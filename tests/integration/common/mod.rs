@@ -1,10 +1,6 @@
 //! The harness the end-to-end tests share: a control plane on loopback TLS and helpers to
 //! create and enroll gateways through its API.
 
-// Each test file uses a different part of the harness; `pub` items are reached through
-// `mod common;` in each file, which the lint cannot see.
-#![allow(dead_code, unreachable_pub)]
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -16,36 +12,36 @@ use tidegate::metadata::{GatewayState, MetadataStore, MetricsReport};
 use tidegate::proto::SecretString;
 use tidegate::quickstart::Api;
 
-pub const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
+pub(crate) const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
 /// The bootstrap administrator of [`Harness::start`], holding every system role.
-pub const ADMIN: &str = "admin";
-pub const ADMIN_PASSWORD: &str = "admin password for tests";
+pub(crate) const ADMIN: &str = "admin";
+pub(crate) const ADMIN_PASSWORD: &str = "admin password for tests";
 
-pub struct Harness {
-    pub ca: ThrowawayCa,
-    pub cp: RunningControlPlane,
-    pub api: Api,
-    pub dir: tempfile::TempDir,
+pub(crate) struct Harness {
+    pub(crate) ca: ThrowawayCa,
+    pub(crate) cp: RunningControlPlane,
+    pub(crate) api: Api,
+    pub(crate) dir: tempfile::TempDir,
     /// Makes the names of objects the harness creates unique: names are unique per data space.
     serial: AtomicU32,
 }
 
 /// What a test checks about a gateway: its stored state and whether it is online.
 #[derive(Debug)]
-pub struct GatewayInfo {
-    pub state: GatewayState,
-    pub online: bool,
-    pub public_key: Option<String>,
-    pub metrics: Option<MetricsReport>,
+pub(crate) struct GatewayInfo {
+    pub(crate) state: GatewayState,
+    pub(crate) online: bool,
+    pub(crate) public_key: Option<String>,
+    pub(crate) metrics: Option<MetricsReport>,
 }
 
 impl Harness {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
     /// A harness whose control plane configuration `configure` adjusts first.
-    pub async fn start_with(configure: impl FnOnce(&mut ControlPlaneConfig)) -> Self {
+    pub(crate) async fn start_with(configure: impl FnOnce(&mut ControlPlaneConfig)) -> Self {
         tidegate::install_crypto_provider();
         let ca = ThrowawayCa::new(&["localhost", "127.0.0.1"]).unwrap();
         let mut config = ControlPlaneConfig::new(ca.server_tls());
@@ -67,7 +63,7 @@ impl Harness {
     }
 
     /// The REST client of `tidegate-client`, without a token.
-    pub fn client(&self) -> tidegate::client::Client {
+    pub(crate) fn client(&self) -> tidegate::client::Client {
         tidegate::client::Client::new(
             &format!("https://localhost:{}", self.cp.local_addr().port()),
             Some(&self.ca.ca_pem),
@@ -76,12 +72,12 @@ impl Harness {
     }
 
     /// A client holding the operator token.
-    pub fn operator(&self) -> tidegate::client::Client {
+    pub(crate) fn operator(&self) -> tidegate::client::Client {
         self.client().with_token(OPERATOR)
     }
 
     /// Logs `username` in with `password`: a client holding the session token.
-    pub async fn login(&self, username: &str, password: &str) -> tidegate::client::Client {
+    pub(crate) async fn login(&self, username: &str, password: &str) -> tidegate::client::Client {
         let answer = self
             .client()
             .post(
@@ -94,12 +90,12 @@ impl Harness {
     }
 
     /// A name not used before in this harness: `base #n`.
-    pub fn unique(&self, base: &str) -> String {
+    pub(crate) fn unique(&self, base: &str) -> String {
         format!("{base} #{}", self.serial.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Creates a gateway on the control plane: its id and one-time enrollment token.
-    pub async fn create_gateway(&self) -> (String, String) {
+    pub(crate) async fn create_gateway(&self) -> (String, String) {
         let v = self
             .api
             .post("/api/v1/gateways", json!({"name": self.unique("gw")}))
@@ -111,7 +107,7 @@ impl Harness {
         )
     }
 
-    pub fn config(&self, state: &str) -> GatewayConfig {
+    pub(crate) fn config(&self, state: &str) -> GatewayConfig {
         let mut c = GatewayConfig::new(
             format!("wss://localhost:{}", self.cp.local_addr().port()),
             self.dir.path().join(state),
@@ -127,7 +123,7 @@ impl Harness {
     }
 
     /// Starts an enrolled gateway and returns once the control plane sees it online.
-    pub async fn online(
+    pub(crate) async fn online(
         &self,
         id: &str,
         config: GatewayConfig,
@@ -143,7 +139,7 @@ impl Harness {
         gateway
     }
 
-    pub async fn enrolled(&self, state: &str) -> (String, GatewayConfig, Identity) {
+    pub(crate) async fn enrolled(&self, state: &str) -> (String, GatewayConfig, Identity) {
         let (id, token) = self.create_gateway().await;
         let config = self.config(state);
         let identity = tidegate::gateway::enroll(&config, &token).await.unwrap();
@@ -153,7 +149,7 @@ impl Harness {
 
     /// Creates a source and a target connection and a task between them on `gateway_id`;
     /// returns the three API answers.
-    pub async fn create_task(
+    pub(crate) async fn create_task(
         &self,
         gateway_id: &str,
         mut source: serde_json::Value,
@@ -180,7 +176,7 @@ impl Harness {
     /// Connections to databases `src` and `dst` of `pg`, a change data capture task of
     /// `public.orders` between them on `gateway_id`, and its first run started; returns the
     /// task's id and the run as the API answered.
-    pub async fn start_orders_capture(
+    pub(crate) async fn start_orders_capture(
         &self,
         gateway_id: &str,
         pg: &tidegate_testkit::PgServer,
@@ -196,7 +192,7 @@ impl Harness {
 
     /// Connections to databases `src` and `dst` of `pg` and a change data capture task of
     /// `tables` between them on `gateway_id`; returns the task's id.
-    pub async fn capture_task(
+    pub(crate) async fn capture_task(
         &self,
         gateway_id: &str,
         pg: &tidegate_testkit::PgServer,
@@ -228,7 +224,7 @@ impl Harness {
 
     /// Starts a run of change data capture task `task_id` and waits until it streams; returns
     /// the run and its path.
-    pub async fn run_until_streaming(&self, task_id: &str) -> (serde_json::Value, String) {
+    pub(crate) async fn run_until_streaming(&self, task_id: &str) -> (serde_json::Value, String) {
         let run = self
             .api
             .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
@@ -244,7 +240,7 @@ impl Harness {
     }
 
     /// Polls a run until it is neither starting nor running (at most 10 s); returns its view.
-    pub async fn wait_run_end(&self, run_id: &str) -> serde_json::Value {
+    pub(crate) async fn wait_run_end(&self, run_id: &str) -> serde_json::Value {
         let path = format!("/api/v1/runs/{run_id}");
         for _ in 0..200 {
             let run = self.api.get(&path).await.unwrap();
@@ -256,7 +252,7 @@ impl Harness {
         panic!("run {run_id} did not end within 10 s");
     }
 
-    pub async fn gateway(&self, id: &str) -> GatewayInfo {
+    pub(crate) async fn gateway(&self, id: &str) -> GatewayInfo {
         let record = self.cp.store().gateway(id).await.unwrap();
         GatewayInfo {
             state: record.state,
@@ -267,7 +263,7 @@ impl Harness {
     }
 }
 
-pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
+pub(crate) async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {
         if f().await {
             return;
@@ -278,7 +274,7 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
 }
 
 /// Polls `f` until it returns `Some`, for at most 60 s.
-pub async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     for _ in 0..600 {
         if let Some(value) = f().await {
             return value;
@@ -289,7 +285,7 @@ pub async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 }
 
 /// A `postgres` connection to `database` on `server`, as the API takes it.
-pub fn postgres_connection(
+pub(crate) fn postgres_connection(
     server: &tidegate_testkit::PgServer,
     database: &str,
 ) -> serde_json::Value {
@@ -305,7 +301,7 @@ pub fn postgres_connection(
 }
 
 /// A throwaway PostgreSQL with databases `src` (where `sql` runs) and `dst`.
-pub async fn source_and_target(sql: &str) -> tidegate_testkit::PgServer {
+pub(crate) async fn source_and_target(sql: &str) -> tidegate_testkit::PgServer {
     let pg = tokio::task::spawn_blocking(tidegate_testkit::PgServer::start)
         .await
         .unwrap()
@@ -318,7 +314,7 @@ pub async fn source_and_target(sql: &str) -> tidegate_testkit::PgServer {
 
 /// Count and checksums of table `orders` (`id`, `amount`, `note`), to compare a source with
 /// its target.
-pub fn orders_digest(pg: &tidegate_testkit::PgServer, database: &str) -> String {
+pub(crate) fn orders_digest(pg: &tidegate_testkit::PgServer, database: &str) -> String {
     pg.execute(
         database,
         "SELECT count(*), coalesce(sum(id), 0), coalesce(sum(amount), 0), \

@@ -5,9 +5,7 @@
 //!
 //! The binary is found next to this test's executable; the README's test command builds it.
 
-#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
-
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,6 @@
 //! Parquet modular encryption for managed storage: files written with a tenant's key read only
 //! with that key.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;

@@ -2,8 +2,6 @@
 //! enrollment, authentication, the channel handshake, and every kind of bad input the link
 //! must refuse without a panic or a change of state.
 
-#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
-
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +15,7 @@ use tidegate::metadata::GatewayState;
 use tidegate::proto::{ProtocolVersion, RefusalReason};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-mod common;
+use crate::common;
 
 use common::{Harness, wait_for};
 

@@ -3,9 +3,7 @@
 //! connection secrets; the results are compared with the source by count and checksum. The last
 //! test reads the same source through the PostgreSQL ODBC driver.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;

@@ -2,9 +2,7 @@
 //! sessions, data spaces and their members, the role × action matrix as the API enforces it,
 //! the audit log, secrets at rest, and bad input.
 
-#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
-
-mod common;
+use crate::common;
 
 use common::{ADMIN, ADMIN_PASSWORD, Harness};
 use serde_json::{Value, json};

@@ -3,8 +3,6 @@
 //! identities, unchanged TOAST values, streamed transactions in bounded batches, the idle
 //! flush advance, restarts from an acknowledged position, and the errors people meet.
 
-#![allow(clippy::unwrap_used)]
-
 use std::time::Duration;
 
 use tidegate_cdc::arrow::array::{

@@ -1,8 +1,6 @@
 //! The walking skeleton end to end: the quickstart's Parquet output is read back with arrow's
 //! Parquet reader and compared, column by column, with the SQLite source read through SQL.
 
-#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
-
 use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};

@@ -1,8 +1,6 @@
 //! End-to-end tests through the public API: SQLite files in, Parquet files and manifests out.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};

@@ -4,8 +4,6 @@
 //! The binaries are found next to this test's executable (`target/<profile>/`); the README's
 //! test command builds them (`cargo nextest run --workspace`).
 
-#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

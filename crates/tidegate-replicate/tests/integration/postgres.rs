@@ -2,8 +2,6 @@
 //! edge values, the text fallback, the snapshot, page-range partitions, awkward names,
 //! partitioned tables, privileges and a connection dropped mid-copy.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -2,11 +2,9 @@
 //! proxy between the gateway and the control plane that cuts and stalls the link, a restart of
 //! the source PostgreSQL, and a target that starts refusing writes. After each, the task has
 //! recovered (or failed with a clear error and been resumed) and the target equals the source.
-//! Killing and restarting the real binaries is in `tests/binaries.rs`.
+//! Killing and restarting the real binaries is in `binaries.rs`.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -9,8 +9,6 @@
 //! The drivers come from `unixodbc-dev odbc-postgresql libsqliteodbc` (`scripts/test.sh`
 //! installs them); a missing driver fails the tests, it does not skip them.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,7 @@
+//! The integration tests of `tidegate-cdc`, in one binary so that the workspace links one test
+//! executable per crate instead of one per file.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
+
+mod postgres;
+mod tasks;
