@@ -442,6 +442,18 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
         .unwrap();
     let stopped = harness.wait_run_end(run["id"].as_str().unwrap()).await;
     assert_eq!(stopped["state"], json!("Stopped"), "{stopped}");
+    let output = harness
+        .api
+        .get(&format!("/api/v1/tasks/{task_id}/output"))
+        .await
+        .unwrap();
+    let replication = &output["replication"];
+    assert_eq!(replication["state"], json!("Stopped"), "{output}");
+    assert_eq!(
+        replication["checkpoint_lsn"], stopped["replication"]["checkpoint_lsn"],
+        "{output}"
+    );
+    assert_eq!(replication["manifests"], json!(null), "{output}");
     pg.execute(
         "src",
         "INSERT INTO orders SELECT g, g * 1.25, 'late ' || g FROM generate_series(2001, 2300) g;
@@ -688,6 +700,31 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
     assert!(
         std::fs::read_dir(&manifests).unwrap().count() >= 1,
         "no manifest in {}",
+        manifests.display()
+    );
+    // A consumer learns from the control plane where the manifests are and how far they go.
+    let output = harness
+        .api
+        .get(&format!("/api/v1/tasks/{task_id}/output"))
+        .await
+        .unwrap();
+    let replication = &output["replication"];
+    assert_eq!(replication["run_id"], run["id"], "{output}");
+    assert_eq!(replication["state"], json!("Running"), "{output}");
+    assert_eq!(
+        output["run"],
+        json!(null),
+        "a capture run never completes: {output}"
+    );
+    let listed = lake.path().join(replication["manifests"].as_str().unwrap());
+    assert_eq!(listed, manifests, "{output}");
+    // The checkpoint is the position of a manifest the target holds (`<LSN as 16 hex>.json`).
+    let checkpoint = replication["checkpoint_lsn"].as_str().unwrap();
+    let (high, low) = checkpoint.split_once('/').unwrap();
+    let lsn = u64::from_str_radix(high, 16).unwrap() << 32 | u64::from_str_radix(low, 16).unwrap();
+    assert!(
+        manifests.join(format!("{lsn:016X}.json")).exists(),
+        "no manifest for the checkpoint {checkpoint} in {}",
         manifests.display()
     );
     harness

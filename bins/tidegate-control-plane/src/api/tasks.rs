@@ -367,14 +367,67 @@ pub(crate) fn task_kind(task_type: TaskType) -> TaskKind {
 }
 
 /// Where a task's data landed, for those who consume it: the target (its kind and where it
-/// writes, never its credentials) and the tables of the last completed run. The control
-/// plane holds no data; consumers read it from the target with their own access.
+/// writes, never its credentials), the tables of the last completed run and, for change data
+/// capture, how far the target has come. The control plane holds no data; consumers read it
+/// from the target with their own access.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TaskOutput {
     task_id: String,
     target: OutputTarget,
-    /// The last completed run, if any.
+    /// The last completed run, if any. A change data capture run does not complete: see
+    /// `replication`.
     run: Option<OutputRun>,
+    /// For change data capture and store-changes tasks: where the newest run stands, once
+    /// there is one.
+    replication: Option<OutputReplication>,
+}
+
+/// How far a change data capture or store-changes task has brought its target: positions,
+/// lag and tables set apart, never data.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct OutputReplication {
+    /// The newest run.
+    run_id: String,
+    /// Where that run stands.
+    state: TaskState,
+    /// The source position the target holds: every change committed before it is there.
+    checkpoint_lsn: Option<String>,
+    /// WAL bytes between the checkpoint and the source's position, at the last report.
+    lag_bytes: u64,
+    /// How long the oldest change not yet at the target had been committed, at the last
+    /// report, in milliseconds.
+    lag_ms: u64,
+    /// Tables whose changes are not at the target until they are resynced.
+    failed_tables: Vec<tidegate_proto::FailedTable>,
+    /// For store changes: the folder of the task's manifests, under the target's `root` or
+    /// `bucket`. One manifest per commit group, named by its LSN so that names sort in commit
+    /// order; the first names the initial load's files, each later one its change files.
+    manifests: Option<String>,
+}
+
+impl OutputReplication {
+    fn new(task: &DataTaskRecord, prefix: Option<&str>, run: TaskRunRecord) -> Self {
+        let replication = run.replication.unwrap_or_default();
+        // The layout of `tidegate_cdc::StoreChangesSink`.
+        let manifests = (task.task_type == TaskType::StoreChanges).then(|| {
+            let prefix = prefix.unwrap_or_default().trim_matches('/');
+            let under = format!("_tidegate/cdc/{}/manifests/", task.id);
+            if prefix.is_empty() {
+                under
+            } else {
+                format!("{prefix}/{under}")
+            }
+        });
+        Self {
+            run_id: run.id,
+            state: run.state,
+            checkpoint_lsn: replication.checkpoint_lsn,
+            lag_bytes: replication.lag_bytes,
+            lag_ms: replication.lag_ms,
+            failed_tables: replication.failed_tables,
+            manifests,
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -423,20 +476,30 @@ pub(crate) async fn output(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Task
         .collect();
     // Runs come oldest first; the last completed one is the newest with that state.
     let mut last = None;
+    let mut newest = None;
     let mut page = super::page_request(Some(tidegate_metadata::MAX_PAGE_LIMIT), None);
     loop {
         let runs = shared.store.runs(&task.id, &page).await?;
-        last = runs
-            .items
-            .into_iter()
-            .rev()
-            .find(|r| r.state == TaskState::Completed)
-            .or(last);
+        let mut items = runs.items.into_iter().rev().peekable();
+        if let Some(run) = items.peek() {
+            newest = Some(run.clone());
+        }
+        last = items.find(|r| r.state == TaskState::Completed).or(last);
         match runs.next {
             Some(next) => page.after = Some(next),
             None => break,
         }
     }
+    let replication = match task.task_type {
+        TaskType::FullLoad => None,
+        TaskType::ChangeDataCapture | TaskType::StoreChanges => newest.map(|run| {
+            OutputReplication::new(
+                &task,
+                target.settings.get("prefix").map(String::as_str),
+                run,
+            )
+        }),
+    };
     Ok(Json(TaskOutput {
         task_id: task.id,
         target: OutputTarget {
@@ -449,6 +512,7 @@ pub(crate) async fn output(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Task
             ended_at_ms: r.ended_at_ms,
             tables: r.tables,
         }),
+        replication,
     }))
 }
 
