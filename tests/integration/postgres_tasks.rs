@@ -577,6 +577,18 @@ async fn a_failing_table_is_reported_and_resynced_through_the_control_plane() {
         error.contains("P0001") && error.contains("items are frozen"),
         "{error}"
     );
+    // Consumers of the output see which tables lag behind, not the server's error texts.
+    let output = harness
+        .api
+        .get(&format!("/api/v1/tasks/{task_id}/output"))
+        .await
+        .unwrap();
+    assert_eq!(
+        output["replication"]["failed_tables"],
+        json!(["public.items"]),
+        "{output}"
+    );
+    assert!(!output.to_string().contains("frozen"), "{output}");
     let expected = common::orders_digest(&pg, "src");
     common::until("the other table applied", async || {
         (common::orders_digest(&pg, "dst") == expected).then_some(())
@@ -711,6 +723,8 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
     let replication = &output["replication"];
     assert_eq!(replication["run_id"], run["id"], "{output}");
     assert_eq!(replication["state"], json!("Running"), "{output}");
+    assert!(replication["lag_bytes"].is_u64(), "{output}");
+    assert_eq!(replication["failed_tables"], json!([]), "{output}");
     assert_eq!(
         output["run"],
         json!(null),

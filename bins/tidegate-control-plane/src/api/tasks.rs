@@ -383,48 +383,61 @@ pub(crate) struct TaskOutput {
 }
 
 /// How far a change data capture or store-changes task has brought its target: positions,
-/// lag and tables set apart, never data.
+/// lag and the names of tables set apart, never data, and never error texts (those need
+/// `run_read`, through the run).
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct OutputReplication {
-    /// The newest run.
+    /// The run in progress or, when none is, the newest run.
     run_id: String,
     /// Where that run stands.
     state: TaskState,
-    /// The source position the target holds: every change committed before it is there.
+    /// The source position the target holds: every change committed before it is there. A
+    /// run that has not reported yet shows the position an earlier run reported.
     checkpoint_lsn: Option<String>,
-    /// WAL bytes between the checkpoint and the source's position, at the last report.
-    lag_bytes: u64,
-    /// How long the oldest change not yet at the target had been committed, at the last
-    /// report, in milliseconds.
-    lag_ms: u64,
-    /// Tables whose changes are not at the target until they are resynced.
-    failed_tables: Vec<tidegate_proto::FailedTable>,
+    /// WAL bytes between the checkpoint and the source's position, at the run's last report;
+    /// absent until it reports.
+    lag_bytes: Option<u64>,
+    /// How long the oldest change not yet at the target had been committed, at the run's last
+    /// report, in milliseconds; absent until it reports.
+    lag_ms: Option<u64>,
+    /// Tables whose changes are not at the target until they are resynced, as `schema.name`.
+    failed_tables: Vec<String>,
     /// For store changes: the folder of the task's manifests, under the target's `root` or
-    /// `bucket`. One manifest per commit group, named by its LSN so that names sort in commit
-    /// order; the first names the initial load's files, each later one its change files.
+    /// `bucket` (with the target's current `prefix`). One manifest per commit group, named by
+    /// its LSN so that names sort in commit order; the first names the initial load's files,
+    /// each later one its change files.
     manifests: Option<String>,
 }
 
 impl OutputReplication {
-    fn new(task: &DataTaskRecord, prefix: Option<&str>, run: TaskRunRecord) -> Self {
+    fn new(
+        task: &DataTaskRecord,
+        prefix: Option<&str>,
+        run: TaskRunRecord,
+        earlier_checkpoint: Option<String>,
+    ) -> Self {
         let replication = run.replication.unwrap_or_default();
-        // The layout of `tidegate_cdc::StoreChangesSink`.
+        let reported = replication.reported_at_ms.is_some();
+        // The layout of `tidegate_cdc::StoreChangesSink` (`manifest_dir`); prefixes are
+        // validated when a connection is saved: no leading, trailing or double `/`.
         let manifests = (task.task_type == TaskType::StoreChanges).then(|| {
-            let prefix = prefix.unwrap_or_default().trim_matches('/');
             let under = format!("_tidegate/cdc/{}/manifests/", task.id);
-            if prefix.is_empty() {
-                under
-            } else {
-                format!("{prefix}/{under}")
+            match prefix {
+                Some(prefix) if !prefix.is_empty() => format!("{prefix}/{under}"),
+                _ => under,
             }
         });
         Self {
             run_id: run.id,
             state: run.state,
-            checkpoint_lsn: replication.checkpoint_lsn,
-            lag_bytes: replication.lag_bytes,
-            lag_ms: replication.lag_ms,
-            failed_tables: replication.failed_tables,
+            checkpoint_lsn: replication.checkpoint_lsn.or(earlier_checkpoint),
+            lag_bytes: reported.then_some(replication.lag_bytes),
+            lag_ms: reported.then_some(replication.lag_ms),
+            failed_tables: replication
+                .failed_tables
+                .into_iter()
+                .map(|failed| failed.table)
+                .collect(),
             manifests,
         }
     }
@@ -474,17 +487,31 @@ pub(crate) async fn output(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Task
         .filter(|(k, _)| LOCATION_SETTINGS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    // Runs come oldest first; the last completed one is the newest with that state.
+    // Runs come oldest first. The last completed one is the newest with that state; for change
+    // data capture, the run in progress (a resumed run keeps its place among older ones) or
+    // else the newest, and the newest checkpoint any run reported.
     let mut last = None;
     let mut newest = None;
+    let mut active = None;
+    let mut checkpoint = None;
     let mut page = super::page_request(Some(tidegate_metadata::MAX_PAGE_LIMIT), None);
     loop {
         let runs = shared.store.runs(&task.id, &page).await?;
-        let mut items = runs.items.into_iter().rev().peekable();
-        if let Some(run) = items.peek() {
-            newest = Some(run.clone());
+        for run in runs.items {
+            if let Some(lsn) = run
+                .replication
+                .as_ref()
+                .and_then(|r| r.checkpoint_lsn.clone())
+            {
+                checkpoint = Some(lsn);
+            }
+            match run.state {
+                TaskState::Completed => last = Some(run.clone()),
+                TaskState::Starting | TaskState::Running => active = Some(run.clone()),
+                _ => {}
+            }
+            newest = Some(run);
         }
-        last = items.find(|r| r.state == TaskState::Completed).or(last);
         match runs.next {
             Some(next) => page.after = Some(next),
             None => break,
@@ -492,11 +519,12 @@ pub(crate) async fn output(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Task
     }
     let replication = match task.task_type {
         TaskType::FullLoad => None,
-        TaskType::ChangeDataCapture | TaskType::StoreChanges => newest.map(|run| {
+        TaskType::ChangeDataCapture | TaskType::StoreChanges => active.or(newest).map(|run| {
             OutputReplication::new(
                 &task,
                 target.settings.get("prefix").map(String::as_str),
                 run,
+                checkpoint,
             )
         }),
     };
