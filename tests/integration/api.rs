@@ -529,15 +529,7 @@ async fn managed_storage_is_written_under_the_tenant_key() {
         "{target}"
     );
     let gateway = h.online(&id, config, identity).await;
-    let run = h
-        .api
-        .post(
-            &format!("/api/v1/tasks/{}/runs", task["id"].as_str().unwrap()),
-            json!({}),
-        )
-        .await
-        .unwrap();
-    let finished = h.wait_run_end(run["id"].as_str().unwrap()).await;
+    let finished = h.run_to_end(task["id"].as_str().unwrap()).await;
     assert_eq!(finished["state"], json!("Completed"), "{finished}");
     gateway.shutdown().await;
 

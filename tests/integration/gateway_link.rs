@@ -408,15 +408,7 @@ async fn gateway_keeps_credentials_in_memory_only() {
         .await;
     assert_eq!(src["secret_names"], json!(["password"]));
     assert!(!src.to_string().contains(&canary), "API echoed a secret");
-    let run = h
-        .api
-        .post(
-            &format!("/api/v1/tasks/{}/runs", task["id"].as_str().unwrap()),
-            json!({}),
-        )
-        .await
-        .unwrap();
-    let finished = h.wait_run_end(run["id"].as_str().unwrap()).await;
+    let finished = h.run_to_end(task["id"].as_str().unwrap()).await;
     assert_eq!(finished["state"], json!("Completed"), "{finished}");
     let listed = h.api.get("/api/v1/connections").await.unwrap();
     assert!(!listed.to_string().contains(&canary));

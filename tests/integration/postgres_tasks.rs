@@ -31,15 +31,7 @@ async fn run_task(
     target: serde_json::Value,
 ) -> serde_json::Value {
     let (_, _, task) = harness.create_task(gateway_id, source, target).await;
-    let run = harness
-        .api
-        .post(
-            &format!("/api/v1/tasks/{}/runs", task["id"].as_str().unwrap()),
-            json!({}),
-        )
-        .await
-        .unwrap();
-    harness.wait_run_end(run["id"].as_str().unwrap()).await
+    harness.run_to_end(task["id"].as_str().unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,8 +46,7 @@ async fn postgres_to_s3_with_sse_kms_through_a_gateway() {
     s3.create_bucket("lake").unwrap();
 
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
-    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let gateway = harness.online(&gateway_id, config, identity).await;
     let target = json!({
         "name": "lake", "kind": "s3",
         "settings": {
@@ -145,8 +136,7 @@ async fn postgres_to_postgres_through_a_gateway() {
     let harness = Harness::start().await;
     let pg = common::source_and_target(SOURCE_SQL).await;
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
-    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let gateway = harness.online(&gateway_id, config, identity).await;
 
     let run = run_task(
         &harness,
@@ -208,8 +198,7 @@ async fn a_failed_run_resumes_redoing_only_unfinished_tables() {
     )
     .unwrap();
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
-    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let gateway = harness.online(&gateway_id, config, identity).await;
 
     let run = run_task(
         &harness,
@@ -282,8 +271,7 @@ async fn odbc_to_postgres_through_a_gateway() {
     }
     pg.execute("src", SOURCE_SQL).unwrap();
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
-    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let gateway = harness.online(&gateway_id, config, identity).await;
 
     let odbc = |password: &str| {
         json!({
@@ -366,8 +354,7 @@ async fn change_data_capture_through_a_gateway_keeps_a_live_replica() {
     )
     .await;
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
-    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let gateway = harness.online(&gateway_id, config, identity).await;
 
     let (task_id, run) = harness.start_orders_capture(&gateway_id, &pg).await;
     let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
@@ -536,8 +523,7 @@ async fn a_failing_table_is_reported_and_resynced_through_the_control_plane() {
         .unwrap()
     };
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
-    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let gateway = harness.online(&gateway_id, config, identity).await;
     let task_id = &harness
         .capture_task(&gateway_id, &pg, &["public.orders", "public.items"])
         .await;
@@ -658,8 +644,7 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
     )
     .unwrap();
     let (gateway_id, config, identity) = harness.enrolled("gw").await;
-    let gateway = tidegate::gateway::Gateway::start(config, identity).unwrap();
-    common::wait_for(async || harness.gateway(&gateway_id).await.online).await;
+    let gateway = harness.online(&gateway_id, config, identity).await;
     let lake = tempfile::tempdir().unwrap();
     let source = harness
         .api
@@ -758,15 +743,7 @@ async fn store_changes_through_a_gateway_writes_change_files_and_manifests() {
         )
         .await
         .unwrap();
-    let run = harness
-        .api
-        .post(
-            &format!("/api/v1/tasks/{}/runs", wrong["id"].as_str().unwrap()),
-            json!({}),
-        )
-        .await
-        .unwrap();
-    let failed = harness.wait_run_end(run["id"].as_str().unwrap()).await;
+    let failed = harness.run_to_end(wrong["id"].as_str().unwrap()).await;
     assert_eq!(failed["state"], json!("Failed"), "{failed}");
     assert!(
         failed["error"]

@@ -223,17 +223,13 @@ impl StoreChangesSink {
         let name = schema.table.to_string();
         let version = match self.versions.get(&name) {
             Some(known) if known.fields == fields => known.version,
-            Some(known) => known.version + 1,
+            Some(known) => {
+                let version = known.version + 1;
+                tracing::info!(table = %name, version, "new schema version in the change files");
+                version
+            }
             None => 1,
         };
-        if version > 1
-            && self
-                .versions
-                .get(&name)
-                .is_some_and(|k| k.version != version)
-        {
-            tracing::info!(table = %name, version, "new schema version in the change files");
-        }
         self.versions.insert(name, TableVersion { version, fields });
         self.tables.insert(schema.oid, (Arc::clone(schema), key));
     }

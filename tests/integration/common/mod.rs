@@ -239,6 +239,16 @@ impl Harness {
         (run, run_path)
     }
 
+    /// Starts a run of `task_id` and waits for its end; returns the run's view.
+    pub(crate) async fn run_to_end(&self, task_id: &str) -> serde_json::Value {
+        let run = self
+            .api
+            .post(&format!("/api/v1/tasks/{task_id}/runs"), json!({}))
+            .await
+            .unwrap();
+        self.wait_run_end(run["id"].as_str().unwrap()).await
+    }
+
     /// Polls a run until it is neither starting nor running (at most 10 s); returns its view.
     pub(crate) async fn wait_run_end(&self, run_id: &str) -> serde_json::Value {
         let path = format!("/api/v1/runs/{run_id}");
